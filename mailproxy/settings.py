@@ -1,0 +1,179 @@
+"""Settings of mail-proxy, read from the environment (see .env.example).
+
+With nothing set this is the embedded instance: an SQLite file in GMP_DATA_DIR, and the
+secret key, encryption key and admin token generated once into that folder. Production
+sets DATABASE_URL, REDIS_URL, GMP_API_TOKEN and MAIL_PROXY_ENCRYPTION_KEY.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+import dj_database_url
+
+from mailproxy.env import env_bool, env_int, env_list, env_secret, env_str
+from tenants.crypto import generate_key
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+DEBUG = env_bool("DEBUG", False)
+
+DATA_DIR = Path(env_str("GMP_DATA_DIR", str(BASE_DIR / "var"))).expanduser()
+DB_PATH = Path(env_str("GMP_DB_PATH", str(DATA_DIR / "mail_service.db"))).expanduser()
+DATABASE_URL = env_str("DATABASE_URL", "")
+# Embedded: the single-process default on SQLite, which may generate its own secrets.
+EMBEDDED = DATABASE_URL == "" or DATABASE_URL.startswith("sqlite")
+
+
+def _instance_secret(filename: str, make: object) -> str:
+    """Read a secret kept in the data folder, creating it (mode 0600) on first use."""
+    path = DATA_DIR / filename
+    if path.exists():
+        return path.read_text(encoding="utf-8").strip()
+    DATA_DIR.mkdir(parents=True, exist_ok=True)
+    value = make() if callable(make) else str(make)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(value + "\n")
+    return value
+
+
+SECRET_KEY = env_secret("DJANGO_SECRET_KEY") or (
+    _instance_secret("secret_key", lambda: secrets.token_urlsafe(50)) if EMBEDDED else ""
+)
+MAIL_PROXY_ENCRYPTION_KEY = env_secret("MAIL_PROXY_ENCRYPTION_KEY") or (
+    _instance_secret("encryption.key", generate_key) if EMBEDDED else ""
+)
+MAIL_PROXY_ENCRYPTION_OLD_KEYS = env_list("MAIL_PROXY_ENCRYPTION_OLD_KEYS")
+GMP_API_TOKEN = env_secret("GMP_API_TOKEN") or (
+    _instance_secret("api_token", lambda: secrets.token_urlsafe(32)) if EMBEDDED else ""
+)
+
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["*"])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "tenants",
+    "queueing",
+    "delivery",
+    "bounces",
+    "pec",
+]
+
+MIDDLEWARE = [
+    "mailproxy.middleware.RequestSizeLimitMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "mailproxy.urls"
+WSGI_APPLICATION = "mailproxy.wsgi.application"
+APPEND_SLASH = False
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+if EMBEDDED:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": str(DB_PATH) if not DATABASE_URL else dj_database_url.parse(DATABASE_URL)["NAME"],
+            "OPTIONS": {
+                # WAL lets the web process read while a worker writes; IMMEDIATE takes the
+                # write lock at BEGIN so two writers queue instead of failing mid-transaction.
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+                "transaction_mode": "IMMEDIATE",
+                "timeout": 20,
+            },
+        }
+    }
+    DB_PATH.parent.mkdir(parents=True, exist_ok=True)
+else:
+    DATABASES = {
+        "default": dj_database_url.parse(
+            DATABASE_URL,
+            conn_max_age=env_int("GMP_DB_CONN_MAX_AGE", 60, minimum=0),
+            conn_health_checks=True,
+        )
+    }
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = DATA_DIR / "static"
+
+# Requests: Django refuses bodies above this too; the middleware answers 413 up front.
+GMP_MAX_REQUEST_MB = env_int("GMP_MAX_REQUEST_MB", 50, minimum=1)
+DATA_UPLOAD_MAX_MEMORY_SIZE = GMP_MAX_REQUEST_MB * 1024 * 1024
+GMP_MAX_BATCH = env_int("GMP_MAX_BATCH", 1000, minimum=1)
+GMP_REPORT_RETENTION_SECONDS = env_int("GMP_REPORT_RETENTION_SECONDS", 7 * 24 * 3600, minimum=0)
+GMP_MESSAGE_ID_DOMAIN = env_str("GMP_MESSAGE_ID_DOMAIN", "")
+GMP_API_KEY_TOUCH_SECONDS = env_int("GMP_API_KEY_TOUCH_SECONDS", 60, minimum=0)
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["tenants.auth.ApiTokenAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["tenants.permissions.IsTenantOrAdmin"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "mailproxy.exceptions.api_exception_handler",
+    "UNAUTHENTICATED_USER": None,
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "mail-proxy API",
+    "DESCRIPTION": "Hand outgoing email to the proxy; it stores, sends, retries and reports back.",
+    "VERSION": "0.1.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+    "APPEND_COMPONENTS": {
+        "securitySchemes": {"ApiToken": {"type": "apiKey", "in": "header", "name": "X-API-Token"}}
+    },
+    "SECURITY": [{"ApiToken": []}],
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("GMP_LOG_LEVEL", "INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+from django.contrib import admin
+from django.urls import path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from mailproxy.health import HealthView
+from queueing import api as queueing_api
+from tenants import api as tenants_api
+
+handler400 = "mailproxy.exceptions.json_bad_request"
+handler403 = "mailproxy.exceptions.json_forbidden"
+handler404 = "mailproxy.exceptions.json_not_found"
+handler500 = "mailproxy.exceptions.json_server_error"
+
+# Endpoints open without a token; everything else needs X-API-Token (tests walk this list).
+PUBLIC_URL_NAMES = frozenset({"health", "openapi", "docs"})
+
+urlpatterns = [
+    path("health", HealthView.as_view(), name="health"),
+    path("openapi.json", SpectacularAPIView.as_view(authentication_classes=[], permission_classes=[]),
+         name="openapi"),
+    path("docs", SpectacularSwaggerView.as_view(url_name="openapi", authentication_classes=[],
+                                                permission_classes=[]), name="docs"),
+    path("commands/add-messages", queueing_api.AddMessagesView.as_view(), name="add-messages"),
+    path("commands/delete-messages", queueing_api.DeleteMessagesView.as_view(), name="delete-messages"),
+    path("commands/cleanup-messages", queueing_api.CleanupMessagesView.as_view(), name="cleanup-messages"),
+    path("commands/suspend", queueing_api.SuspendView.as_view(), name="suspend"),
+    path("commands/activate", queueing_api.ActivateView.as_view(), name="activate"),
+    path("messages", queueing_api.MessageListView.as_view(), name="messages"),
+    path("messages/<path:message_id>", queueing_api.MessageDetailView.as_view(), name="message"),
+    path("account", queueing_api.AccountSaveView.as_view(), name="account-save"),
+    path("accounts", queueing_api.AccountListView.as_view(), name="accounts"),
+    path("account/<str:account_id>", queueing_api.AccountDetailView.as_view(), name="account"),
+    path("tenant", tenants_api.TenantSaveView.as_view(), name="tenant-save"),
+    path("tenants", tenants_api.TenantListView.as_view(), name="tenants"),
+    path("tenant/<str:tenant_id>", tenants_api.TenantDetailView.as_view(), name="tenant"),
+    path("tenant/<str:tenant_id>/api-keys", tenants_api.ApiKeyListView.as_view(), name="api-keys"),
+    path("tenant/<str:tenant_id>/api-keys/<str:prefix>", tenants_api.ApiKeyDetailView.as_view(), name="api-key"),
+    path("tenant/<str:tenant_id>/api-keys/<str:prefix>/rotate", tenants_api.ApiKeyRotateView.as_view(),
+         name="api-key-rotate"),
+    path("admin/", admin.site.urls),
+]

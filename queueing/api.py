@@ -1,0 +1,231 @@
+"""Message commands and listings, and the SMTP account endpoints.
+
+Accounts live here rather than in `tenants` because removing one must deal with the
+messages waiting on it, and `tenants` does not know about messages.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from django.conf import settings
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import serializers
+from rest_framework.exceptions import ValidationError
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from mailproxy.params import query_bool, query_float, query_int
+from queueing import selectors, services
+from queueing.models import MessageEvent, Status
+from queueing.serializers import (
+    AddMessagesInSerializer,
+    AddMessagesOutSerializer,
+    CleanupInSerializer,
+    DeleteMessagesInSerializer,
+    SuspendInSerializer,
+    event_record,
+    message_record,
+)
+from queueing.validation import Invalid, parse_priority
+from tenants import services as tenant_services
+from tenants.auth import Principal, resolve_tenant
+from tenants.exceptions import NotFoundError, PayloadTooLargeError
+from tenants.models import SmtpAccount, Tenant
+from tenants.serializers import AccountInSerializer, AccountOutSerializer
+
+TENANT_PARAM = OpenApiParameter("tenant_id", str, description="admin token: the tenant (default: 'default')")
+OK = inline_serializer("Ok", {"ok": serializers.BooleanField()})
+
+
+def principal_of(request: Request) -> Principal:
+    principal = request.user
+    assert isinstance(principal, Principal)  # guaranteed by the permission classes
+    return principal
+
+
+def tenant_from_query(request: Request) -> Tenant:
+    return resolve_tenant(principal_of(request), request.query_params.get("tenant_id"))
+
+
+def body_object(request: Request) -> dict[str, Any]:
+    if not isinstance(request.data, dict):
+        raise ValidationError({"request": "the body must be a JSON object"})
+    return request.data
+
+
+class AddMessagesView(APIView):
+    @extend_schema(request=AddMessagesInSerializer, responses=AddMessagesOutSerializer)
+    def post(self, request: Request) -> Response:
+        data = body_object(request)
+        messages = data.get("messages")
+        if not isinstance(messages, list):
+            raise ValidationError({"messages": "must be a list of messages"})
+        if len(messages) > settings.GMP_MAX_BATCH:
+            raise PayloadTooLargeError(
+                f"{len(messages)} messages in one request; the limit is {settings.GMP_MAX_BATCH}",
+                details={"messages": len(messages), "limit": settings.GMP_MAX_BATCH},
+            )
+        default_priority = None
+        if data.get("default_priority") is not None:
+            try:
+                default_priority = parse_priority(data["default_priority"], "default_priority")
+            except Invalid as exc:
+                raise ValidationError({exc.field: exc.reason}) from None
+        unknown = sorted(set(data) - {"messages", "default_priority"})
+        if unknown:
+            raise ValidationError({unknown[0]: "is not a known field"})
+        principal = principal_of(request)
+        result = services.enqueue_messages(
+            scope=principal.tenant, payloads=messages, default_priority=default_priority
+        )
+        return Response({
+            "ok": result.queued > 0 or not result.rejected,
+            "queued": result.queued,
+            "rejected": [item.as_dict() for item in result.rejected],
+        })
+
+
+class MessageListView(APIView):
+    @extend_schema(
+        parameters=[
+            TENANT_PARAM,
+            OpenApiParameter("all", bool, description="admin: every tenant"),
+            OpenApiParameter("status", str, description="comma-separated statuses"),
+            OpenApiParameter("batch_code", str),
+            OpenApiParameter("account_id", str),
+            OpenApiParameter("active_only", bool),
+            OpenApiParameter("since", float, description="created at or after (unix seconds)"),
+            OpenApiParameter("limit", int, description="1-1000, default 100"),
+            OpenApiParameter("cursor", str, description="next_cursor of the previous page"),
+        ],
+        responses=OpenApiTypes.OBJECT,
+    )
+    def get(self, request: Request) -> Response:
+        principal = principal_of(request)
+        every_tenant = principal.is_admin and query_bool(request, "all")
+        tenant = None if every_tenant else tenant_from_query(request)
+        statuses = [s for s in request.query_params.get("status", "").split(",") if s]
+        unknown = [s for s in statuses if s not in Status.values]
+        if unknown:
+            raise ValidationError({"status": f"{unknown[0]!r} is not one of {', '.join(Status.values)}"})
+        since = query_float(request, "since")
+        limit = query_int(request, "limit", 100, minimum=1, maximum=1000) or 100
+        cursor = query_int(request, "cursor", None, minimum=1)
+        rows = list(selectors.list_messages(
+            tenant=tenant, statuses=statuses, batch_code=request.query_params.get("batch_code"),
+            account_id=request.query_params.get("account_id"), active_only=query_bool(request, "active_only"),
+            since=datetime.fromtimestamp(since, tz=UTC) if since is not None else None,
+            before_pk=cursor, limit=limit,
+        ))
+        return Response({
+            "ok": True,
+            "messages": [message_record(row, row.account_external_id) for row in rows],
+            "next_cursor": str(rows[-1].pk) if len(rows) == limit else None,
+        })
+
+
+class MessageDetailView(APIView):
+    @extend_schema(parameters=[TENANT_PARAM], responses=OpenApiTypes.OBJECT)
+    def get(self, request: Request, message_id: str) -> Response:
+        tenant = tenant_from_query(request)
+        message = selectors.get_message(tenant=tenant, external_id=message_id)
+        if message is None:
+            raise NotFoundError()
+        record = message_record(message, message.account_external_id)
+        record["events"] = [event_record(event) for event in MessageEvent.objects.filter(message=message)]
+        return Response({"ok": True, "message": record})
+
+
+class DeleteMessagesView(APIView):
+    @extend_schema(parameters=[TENANT_PARAM], request=DeleteMessagesInSerializer, responses=OpenApiTypes.OBJECT)
+    def post(self, request: Request) -> Response:
+        tenant = tenant_from_query(request)
+        payload = DeleteMessagesInSerializer(data=body_object(request))
+        payload.is_valid(raise_exception=True)
+        result = services.delete_messages(tenant=tenant, ids=payload.validated_data["ids"])
+        return Response({"ok": True, "removed": len(result.removed), "removed_ids": result.removed,
+                         "not_found": result.not_found, "unauthorized": [], "in_flight": result.in_flight})
+
+
+class CleanupMessagesView(APIView):
+    @extend_schema(parameters=[TENANT_PARAM], request=CleanupInSerializer, responses=OpenApiTypes.OBJECT)
+    def post(self, request: Request) -> Response:
+        principal = principal_of(request)
+        tenant_id = request.query_params.get("tenant_id") or body_object(request).get("tenant_id")
+        # The admin cleans every tenant unless it names one; a tenant only itself.
+        tenant = None if principal.is_admin and not tenant_id else resolve_tenant(principal, tenant_id)
+        payload = CleanupInSerializer(data={k: v for k, v in body_object(request).items() if k != "tenant_id"})
+        payload.is_valid(raise_exception=True)
+        removed = services.cleanup_messages(
+            tenant=tenant, older_than_seconds=payload.validated_data.get("older_than_seconds")
+        )
+        return Response({"ok": True, "removed": removed})
+
+
+class _SuspensionView(APIView):
+    def _act(self, request: Request, *, suspend: bool) -> Response:
+        payload = SuspendInSerializer(data=body_object(request))
+        payload.is_valid(raise_exception=True)
+        tenant = resolve_tenant(principal_of(request), payload.validated_data.get("tenant_id"))
+        action = services.suspend_sending if suspend else services.activate_sending
+        state = action(tenant=tenant, batch_code=payload.validated_data.get("batch_code"))
+        return Response({"ok": True, "tenant_id": state.tenant_id, "suspended": state.suspended,
+                         "suspended_batches": state.suspended_batches, "held": state.held})
+
+
+class SuspendView(_SuspensionView):
+    @extend_schema(request=SuspendInSerializer, responses=OpenApiTypes.OBJECT)
+    def post(self, request: Request) -> Response:
+        return self._act(request, suspend=True)
+
+
+class ActivateView(_SuspensionView):
+    @extend_schema(request=SuspendInSerializer, responses=OpenApiTypes.OBJECT)
+    def post(self, request: Request) -> Response:
+        return self._act(request, suspend=False)
+
+
+def _account(request: Request, account_id: str) -> SmtpAccount:
+    tenant = tenant_from_query(request)
+    account = SmtpAccount.objects.filter(tenant=tenant, external_id=account_id).first()
+    if account is None:
+        raise NotFoundError()
+    return account
+
+
+class AccountSaveView(APIView):
+    @extend_schema(request=AccountInSerializer, responses=AccountOutSerializer)
+    def post(self, request: Request) -> Response:
+        payload = AccountInSerializer(data=body_object(request))
+        payload.is_valid(raise_exception=True)
+        data = dict(payload.validated_data)
+        tenant = resolve_tenant(principal_of(request), data.pop("tenant_id", None), create_default=True)
+        saved = tenant_services.save_account(tenant=tenant, data=data)
+        return Response({"ok": True, "created": saved.created, "account": AccountOutSerializer(saved.account).data})
+
+
+class AccountListView(APIView):
+    @extend_schema(parameters=[TENANT_PARAM], responses=AccountOutSerializer(many=True))
+    def get(self, request: Request) -> Response:
+        principal = principal_of(request)
+        tenant_id = request.query_params.get("tenant_id")
+        accounts = SmtpAccount.objects.all()
+        if not principal.is_admin or tenant_id:
+            accounts = accounts.filter(tenant=resolve_tenant(principal, tenant_id))
+        return Response({"ok": True, "accounts": AccountOutSerializer(accounts, many=True).data})
+
+
+class AccountDetailView(APIView):
+    @extend_schema(parameters=[TENANT_PARAM], responses=AccountOutSerializer)
+    def get(self, request: Request, account_id: str) -> Response:
+        return Response({"ok": True, "account": AccountOutSerializer(_account(request, account_id)).data})
+
+    @extend_schema(parameters=[TENANT_PARAM, OpenApiParameter("force", bool)], responses=OK)
+    def delete(self, request: Request, account_id: str) -> Response:
+        account = _account(request, account_id)
+        failed = services.delete_account(account=account, force=query_bool(request, "force"))
+        return Response({"ok": True, "failed_messages": failed})

@@ -1,0 +1,167 @@
+"""Messages and their events.
+
+The event table is the outbox of delivery reports: every state change of a message writes
+its event in the same transaction, and an event stays unreported (`reported_at` empty)
+until the tenant acknowledged it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from django.db import models
+from django.db.models import Q
+
+from tenants.models import SmtpAccount, Tenant
+
+
+class Priority(models.IntegerChoices):
+    IMMEDIATE = 0, "immediate"
+    HIGH = 1, "high"
+    MEDIUM = 2, "medium"
+    LOW = 3, "low"
+
+
+PRIORITY_BY_LABEL = {label: value for value, label in Priority.choices}
+
+
+class Status(models.TextChoices):
+    QUEUED = "queued"
+    SENDING = "sending"
+    SENT = "sent"
+    DEFERRED = "deferred"
+    ERROR = "error"
+    EXPIRED = "expired"
+    HELD = "held"
+    CANCELLED = "cancelled"
+
+
+# Waiting: may still be replaced by a new submission with the same id, or cancelled.
+WAITING_STATUSES = (Status.QUEUED, Status.DEFERRED, Status.HELD)
+# Due candidates for dispatch (with next_attempt_at <= now).
+SENDABLE_STATUSES = (Status.QUEUED, Status.DEFERRED)
+FINAL_STATUSES = (Status.SENT, Status.ERROR, Status.EXPIRED, Status.CANCELLED)
+
+
+class ContentType(models.TextChoices):
+    PLAIN = "plain"
+    HTML = "html"
+
+
+class Message(models.Model):
+    # `id` is the proxy's own number (the API's `pk`); `external_id` is the client's id.
+    id = models.BigAutoField(primary_key=True)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="messages")
+    account = models.ForeignKey(
+        SmtpAccount, on_delete=models.SET_NULL, null=True, blank=True, related_name="messages"
+    )
+    external_id = models.CharField(max_length=200)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    priority = models.PositiveSmallIntegerField(choices=Priority.choices, default=Priority.MEDIUM)
+    batch_code = models.CharField(max_length=200, blank=True)
+
+    from_addr = models.CharField(max_length=500)
+    to = models.JSONField(default=list)
+    cc = models.JSONField(default=list, blank=True)
+    bcc = models.JSONField(default=list, blank=True)
+    reply_to = models.CharField(max_length=500, blank=True)
+    return_path = models.CharField(max_length=500, blank=True)
+    subject = models.TextField()
+    body = models.TextField(blank=True)
+    content_type = models.CharField(max_length=5, choices=ContentType.choices, default=ContentType.PLAIN)
+    body_text = models.TextField(blank=True)
+    body_html = models.TextField(blank=True)
+    headers = models.JSONField(default=dict, blank=True)
+    attachments = models.JSONField(default=list, blank=True)
+    message_id = models.CharField(max_length=500)
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    deferred_until = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    next_attempt_at = models.DateTimeField()
+    attempts = models.PositiveIntegerField(default=0)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    error_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    smtp_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    # A worker's claim: the message is its own until this database time.
+    lease_until = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "external_id"], name="message_unique_client_id"),
+            models.CheckConstraint(condition=Q(priority__lte=3), name="message_priority_range"),
+        ]
+        indexes = [
+            # Due messages of one account, in send order (priority, then age).
+            models.Index(
+                fields=["account", "priority", "id"],
+                condition=Q(status__in=["queued", "deferred"]),
+                name="message_due_by_account",
+            ),
+            # Which accounts have due work: a range scan on time over waiting rows only.
+            models.Index(
+                fields=["next_attempt_at"],
+                condition=Q(status__in=["queued", "deferred"]),
+                name="message_due_by_time",
+            ),
+            # Expired leases of crashed workers.
+            models.Index(fields=["lease_until"], condition=Q(status="sending"), name="message_leased"),
+            models.Index(fields=["tenant", "status", "id"], name="message_tenant_status"),
+            models.Index(fields=["tenant", "batch_code"], name="message_tenant_batch"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.tenant_id}/{self.external_id} ({self.status})"
+
+    @property
+    def is_waiting(self) -> bool:
+        return self.status in WAITING_STATUSES
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+    def is_due(self, now: datetime) -> bool:
+        return self.status in SENDABLE_STATUSES and self.next_attempt_at <= now
+
+
+class EventType(models.TextChoices):
+    SENT = "sent"
+    ERROR = "error"
+    DEFERRED = "deferred"
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"
+    BOUNCE = "bounce"
+    PEC_ACCEPTANCE = "pec_acceptance"
+    PEC_RELAY = "pec_relay"
+    PEC_DELIVERY = "pec_delivery"
+    PEC_ERROR = "pec_error"
+    PEC_TIMEOUT = "pec_timeout"
+
+
+class MessageEvent(models.Model):
+    """One thing that happened to a message; the row is also the report waiting to go out.
+
+    `message` is empty for a submission rejected at enqueue (no message was stored); the
+    client's id is kept in `external_id` so the report can still name it.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="events")
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, null=True, blank=True, related_name="events")
+    external_id = models.CharField(max_length=200)
+    event_type = models.CharField(max_length=20, choices=EventType.choices)
+    occurred_at = models.DateTimeField()
+    details = models.JSONField(default=dict, blank=True)
+    reported_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [
+            models.Index(fields=["tenant", "id"], condition=Q(reported_at__isnull=True), name="event_unreported"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event_type} {self.tenant_id}/{self.external_id}"

@@ -1,0 +1,454 @@
+"""Writes on messages: enqueue, delete, cleanup, suspend/activate, account removal."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Case, Exists, OuterRef, Q, Value, When
+from django.utils import timezone
+
+from queueing.models import (
+    FINAL_STATUSES,
+    WAITING_STATUSES,
+    EventType,
+    Message,
+    MessageEvent,
+    Priority,
+    Status,
+)
+from queueing.validation import Invalid, MessageIn, client_id_of, parse_message
+from tenants.auth import DEFAULT_TENANT_ID
+from tenants.exceptions import ConflictError
+from tenants.models import SmtpAccount, SuspendedBatch, Tenant
+
+logger = logging.getLogger(__name__)
+
+# A new submission may replace a message in one of these states (a cancelled one is
+# brought back to life); any other state answers "already ...".
+REPLACEABLE_STATUSES = (*WAITING_STATUSES, Status.CANCELLED)
+UPSERT_CHUNK = 400  # rows per INSERT: stays below SQLite's 32,766 bound parameters
+
+
+@dataclass(frozen=True)
+class Rejection:
+    index: int
+    external_id: str | None
+    field: str
+    reason: str
+    # The tenant the message would have belonged to, when known (for its error event).
+    tenant: Tenant | None = None
+    # False when the id names a stored message whose own state must stand.
+    reportable: bool = True
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.external_id, "index": self.index, "field": f"messages[{self.index}].{self.field}",
+                "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class EnqueueResult:
+    queued: int
+    rejected: list[Rejection]
+    # (account pk, priority) of what was queued, for the dispatcher's doorbell.
+    queued_accounts: set[tuple[int, int]] = field(default_factory=set)
+
+
+@dataclass
+class _Accepted:
+    index: int
+    payload: MessageIn
+    tenant: Tenant
+    account: SmtpAccount
+    priority: int
+    held: bool
+
+
+class _Context:
+    """What a batch needs to know about its tenants, loaded once for the whole batch."""
+
+    def __init__(self, *, scope: Tenant | None, payloads: Sequence[Any]) -> None:
+        self.scope = scope
+        if scope is not None:
+            self.tenants = {scope.id: scope}
+        else:
+            named = [raw.get("tenant_id") if isinstance(raw, dict) else None for raw in payloads]
+            wanted = [name for name in named if isinstance(name, str) and name]
+            self.tenants = Tenant.objects.in_bulk(wanted) if wanted else {}
+            if any(name in (None, "") for name in named):
+                default, _ = Tenant.objects.get_or_create(pk=DEFAULT_TENANT_ID, defaults={"name": "Default"})
+                self.tenants[DEFAULT_TENANT_ID] = default
+        tenant_ids = list(self.tenants)
+        self.accounts: dict[tuple[str, str], SmtpAccount] = {}
+        self.defaults: dict[str, SmtpAccount] = {}
+        counts: dict[str, int] = {}
+        for account in SmtpAccount.objects.filter(tenant_id__in=tenant_ids).only(
+            "id", "tenant_id", "external_id", "is_default"
+        ):
+            self.accounts[(account.tenant_id, account.external_id)] = account
+            counts[account.tenant_id] = counts.get(account.tenant_id, 0) + 1
+            if account.is_default:
+                self.defaults[account.tenant_id] = account
+        # A tenant with a single account uses it without naming it.
+        for (tenant_id, _), account in self.accounts.items():
+            if counts[tenant_id] == 1:
+                self.defaults.setdefault(tenant_id, account)
+        self.suspended_batches = set(
+            SuspendedBatch.objects.filter(tenant_id__in=tenant_ids).values_list("tenant_id", "batch_code")
+        )
+
+    def tenant_of(self, raw: Any) -> Tenant | None:
+        """The tenant a raw message names (or defaults to); None when that tenant does not exist."""
+        named = raw.get("tenant_id") if isinstance(raw, dict) else None
+        if self.scope is not None:
+            return self.scope if named in (None, "", self.scope.id) else None
+        if named in (None, ""):
+            return self.tenants.get(DEFAULT_TENANT_ID)
+        return self.tenants.get(named) if isinstance(named, str) else None
+
+    def account_for(self, tenant: Tenant, payload: MessageIn) -> SmtpAccount:
+        if payload.account_id:
+            account = self.accounts.get((tenant.id, payload.account_id))
+            if account is None:
+                raise Invalid("account_id", f"account {payload.account_id!r} not found")
+            return account
+        account = self.defaults.get(tenant.id)
+        if account is None:
+            raise Invalid("account_id", "is required: the tenant has no default SMTP account")
+        return account
+
+    def is_held(self, tenant: Tenant, payload: MessageIn) -> bool:
+        return tenant.suspended or (tenant.id, payload.batch_code) in self.suspended_batches
+
+
+def _new_message_id(payload: MessageIn) -> str:
+    domain = settings.GMP_MESSAGE_ID_DOMAIN or payload.from_addr.rpartition("@")[2].rstrip(">") or "mail-proxy"
+    return f"<{uuid.uuid4().hex}@{domain}>"
+
+
+def enqueue_messages(
+    *, scope: Tenant | None, payloads: Sequence[Any], default_priority: int | None = None
+) -> EnqueueResult:
+    """Store the valid messages of a batch and report the invalid ones; one transaction.
+
+    `scope` is the caller's tenant (None for the admin, whose messages name their tenant
+    or go to `default`). A message with the id of a waiting one replaces it in place
+    (same position in the FIFO order); one with the id of a sent or failed message is
+    rejected. The answer is given only after the commit: what is counted is durable.
+    """
+    now = timezone.now()
+    context = _Context(scope=scope, payloads=payloads)
+    base_priority = Priority.MEDIUM if default_priority is None else default_priority
+    rejected: list[Rejection] = []
+    accepted: dict[tuple[str, str], _Accepted] = {}
+    for index, raw in enumerate(payloads):
+        tenant = context.tenant_of(raw)
+        try:
+            payload = parse_message(raw, now=now)
+            if tenant is None:
+                raise Invalid("tenant_id", f"tenant {payload.tenant_id!r} not found")
+            account = context.account_for(tenant, payload)
+        except Invalid as exc:
+            rejected.append(Rejection(index, client_id_of(raw), exc.field, exc.reason, tenant))
+            continue
+        key = (tenant.id, payload.external_id)
+        earlier = accepted.get(key)
+        if earlier is not None:
+            # The same id twice in one request: the later one wins, as it would across requests.
+            rejected.append(Rejection(earlier.index, payload.external_id, "id",
+                                      f"id: replaced by messages[{index}] of the same request", tenant, False))
+        accepted[key] = _Accepted(
+            index=index, payload=payload, tenant=tenant, account=account,
+            priority=base_priority if payload.priority is None else payload.priority,
+            held=context.is_held(tenant, payload),
+        )
+
+    with transaction.atomic():
+        stored = _upsert(list(accepted.values()), now=now)
+        rejected.extend(_explain_not_stored([item for key, item in accepted.items() if key not in stored]))
+        _record_rejections(rejected, now=now)
+
+    rejected.sort(key=lambda item: item.index)
+    queued_accounts = {(item.account.pk, item.priority) for key, item in accepted.items()
+                       if key in stored and not item.held}
+    logger.info("enqueued queued=%d rejected=%d", len(stored), len(rejected))
+    return EnqueueResult(queued=len(stored), rejected=rejected, queued_accounts=queued_accounts)
+
+
+# Columns written on insert, and on replacement of a waiting message. Position in the
+# queue (id, created_at) is deliberately absent from the replacement.
+_CONTENT_COLUMNS = (
+    "account_id", "status", "priority", "batch_code", "from_addr", "to", "cc", "bcc", "reply_to", "return_path",
+    "subject", "body", "content_type", "body_text", "body_html", "headers", "attachments", "message_id",
+    "updated_at", "deferred_until", "expires_at", "next_attempt_at", "attempts", "sent_at", "error_at",
+    "last_error", "smtp_code", "lease_until",
+)
+_INSERT_COLUMNS = ("tenant_id", "external_id", "created_at", *_CONTENT_COLUMNS)
+
+
+def _row(item: _Accepted, now: datetime) -> dict[str, Any]:
+    payload = item.payload
+    return {
+        "tenant_id": item.tenant.id, "external_id": payload.external_id, "created_at": now,
+        "account_id": item.account.pk, "status": Status.HELD if item.held else Status.QUEUED,
+        "priority": item.priority, "batch_code": payload.batch_code, "from_addr": payload.from_addr,
+        "to": payload.to, "cc": payload.cc, "bcc": payload.bcc, "reply_to": payload.reply_to,
+        "return_path": payload.return_path, "subject": payload.subject, "body": payload.body,
+        "content_type": payload.content_type, "body_text": payload.body_text, "body_html": payload.body_html,
+        "headers": payload.headers, "attachments": payload.attachments,
+        "message_id": payload.message_id or _new_message_id(payload), "updated_at": now,
+        "deferred_until": payload.deferred_until, "expires_at": payload.expires_at,
+        "next_attempt_at": payload.deferred_until or now, "attempts": 0, "sent_at": None, "error_at": None,
+        "last_error": "", "smtp_code": None, "lease_until": None,
+    }
+
+
+def _upsert(items: list[_Accepted], *, now: datetime) -> set[tuple[str, str]]:
+    """INSERT … ON CONFLICT DO UPDATE … WHERE status is replaceable; the keys stored.
+
+    Written in SQL because Django's bulk_create cannot put a condition on the update:
+    without it, a replacement racing a worker's claim could reset a message that is
+    being sent, and it would go out twice. Both PostgreSQL and SQLite speak this form.
+    """
+    if not items:
+        return set()
+    opts = Message._meta
+    fields = {name: opts.get_field(name.removesuffix("_id") if name in ("tenant_id", "account_id") else name)
+              for name in _INSERT_COLUMNS}
+    quote = connection.ops.quote_name
+    table = quote(opts.db_table)
+    columns = ", ".join(quote(fields[name].column) for name in _INSERT_COLUMNS)
+    updates = ", ".join(f"{quote(fields[name].column)} = excluded.{quote(fields[name].column)}"
+                        for name in _CONTENT_COLUMNS)
+    replaceable = ", ".join(["%s"] * len(REPLACEABLE_STATUSES))
+    row_placeholder = "(" + ", ".join(["%s"] * len(_INSERT_COLUMNS)) + ")"
+    stored: set[tuple[str, str]] = set()
+    with connection.cursor() as cursor:
+        for start in range(0, len(items), UPSERT_CHUNK):
+            chunk = items[start:start + UPSERT_CHUNK]
+            params: list[Any] = []
+            for item in chunk:
+                row = _row(item, now)
+                params.extend(fields[name].get_db_prep_save(row[name], connection) for name in _INSERT_COLUMNS)
+            params.extend(str(status) for status in REPLACEABLE_STATUSES)
+            sql = (
+                f"INSERT INTO {table} ({columns}) VALUES {', '.join([row_placeholder] * len(chunk))} "
+                f"ON CONFLICT ({quote('tenant_id')}, {quote('external_id')}) DO UPDATE SET {updates} "
+                f"WHERE {table}.{quote('status')} IN ({replaceable}) "
+                f"RETURNING {quote('tenant_id')}, {quote('external_id')}"
+            )
+            cursor.execute(sql, params)
+            stored.update((tenant_id, external_id) for tenant_id, external_id in cursor.fetchall())
+    return stored
+
+
+def _explain_not_stored(items: list[_Accepted]) -> list[Rejection]:
+    """Why messages were not stored: their id names a message past the waiting stage."""
+    if not items:
+        return []
+    condition = Q()
+    for item in items:
+        condition |= Q(tenant_id=item.tenant.id, external_id=item.payload.external_id)
+    statuses = {(tenant_id, external_id): status for tenant_id, external_id, status in
+                Message.objects.filter(condition).values_list("tenant_id", "external_id", "status")}
+    reasons = {Status.SENT: "already sent", Status.ERROR: "already failed", Status.EXPIRED: "already failed",
+               Status.SENDING: "being sent right now; it cannot be replaced"}
+    return [
+        Rejection(item.index, item.payload.external_id, "id",
+                  reasons.get(statuses.get((item.tenant.id, item.payload.external_id)), "could not be stored"),
+                  item.tenant, False)
+        for item in items
+    ]
+
+
+def _record_rejections(rejected: list[Rejection], *, now: datetime) -> None:
+    """An `error` event for each rejected id that names no stored message.
+
+    The tenant's next report then carries the refusal. A rejection of an id that exists
+    (a duplicate of a sent message, a bad replacement) writes nothing: that message's own
+    state stands, and an error event would contradict it.
+    """
+    candidates = [r for r in rejected if r.reportable and r.external_id is not None and r.tenant is not None]
+    if not candidates:
+        return
+    condition = Q()
+    for rejection in candidates:
+        condition |= Q(tenant_id=rejection.tenant.id, external_id=rejection.external_id)  # type: ignore[union-attr]
+    existing = set(Message.objects.filter(condition).values_list("tenant_id", "external_id"))
+    MessageEvent.objects.bulk_create([
+        MessageEvent(tenant=rejection.tenant, message=None, external_id=rejection.external_id,
+                     event_type=EventType.ERROR, occurred_at=now,
+                     details={"error": rejection.reason, "error_ts": now.timestamp()})
+        for rejection in candidates
+        if (rejection.tenant.id, rejection.external_id) not in existing  # type: ignore[union-attr]
+    ])
+
+
+@dataclass(frozen=True)
+class DeleteResult:
+    removed: list[str]
+    not_found: list[str]
+    in_flight: list[str]
+
+
+def delete_messages(*, tenant: Tenant, ids: list[str]) -> DeleteResult:
+    """Remove messages by client id.
+
+    A waiting message is cancelled (kept, with a `cancelled` event for the report); a
+    message in a final state is deleted with its events; one a worker is sending right
+    now cannot be stopped and is listed in `in_flight`.
+    """
+    now = timezone.now()
+    wanted = list(dict.fromkeys(ids))
+    with transaction.atomic():
+        rows = list(
+            Message.objects.select_for_update().filter(tenant=tenant, external_id__in=wanted)
+            .only("id", "external_id", "status")
+        )
+        found = {row.external_id: row for row in rows}
+        waiting = [row for row in rows if row.status in WAITING_STATUSES]
+        final = [row for row in rows if row.status in FINAL_STATUSES]
+        in_flight = [row.external_id for row in rows if row.status == Status.SENDING]
+        if waiting:
+            Message.objects.filter(pk__in=[row.pk for row in waiting]).update(
+                status=Status.CANCELLED, updated_at=now, lease_until=None
+            )
+            MessageEvent.objects.bulk_create([
+                MessageEvent(tenant=tenant, message_id=row.pk, external_id=row.external_id,
+                             event_type=EventType.CANCELLED, occurred_at=now, details={"cancelled_ts": now.timestamp()})
+                for row in waiting
+            ])
+        if final:
+            Message.objects.filter(pk__in=[row.pk for row in final]).delete()
+    removed = [row.external_id for row in (*waiting, *final)]
+    logger.info("messages removed tenant=%s removed=%d in_flight=%d", tenant.id, len(removed), len(in_flight))
+    return DeleteResult(removed=removed, not_found=[i for i in wanted if i not in found], in_flight=in_flight)
+
+
+def cleanup_messages(*, tenant: Tenant | None, older_than_seconds: int | None = None) -> int:
+    """Delete final messages older than the retention whose events were all reported.
+
+    `tenant` None cleans every tenant, each with its own retention unless one is given.
+    Returns how many messages were removed.
+    """
+    now = timezone.now()
+    tenants = [tenant] if tenant is not None else list(Tenant.objects.all())
+    removed = 0
+    for each in tenants:
+        seconds = older_than_seconds
+        if seconds is None:
+            seconds = each.retention_seconds if each.retention_seconds is not None else (
+                settings.GMP_REPORT_RETENTION_SECONDS)
+        cutoff = now - timedelta(seconds=seconds)
+        unreported = MessageEvent.objects.filter(message=OuterRef("pk"), reported_at__isnull=True)
+        doomed = Message.objects.filter(tenant=each, status__in=FINAL_STATUSES, updated_at__lt=cutoff).exclude(
+            Exists(unreported)
+        )
+        with transaction.atomic():
+            removed += doomed.delete()[1].get(Message._meta.label, 0)
+            # Reported refusals of messages that were never stored.
+            MessageEvent.objects.filter(tenant=each, message=None, reported_at__lt=cutoff).delete()
+    if removed:
+        logger.info("cleanup removed=%d tenant=%s", removed, tenant.id if tenant else "*")
+    return removed
+
+
+@dataclass(frozen=True)
+class SuspensionState:
+    tenant_id: str
+    suspended: bool
+    suspended_batches: list[str]
+    held: int
+
+
+def _suspension_state(tenant: Tenant, batch_code: str | None) -> SuspensionState:
+    held = Message.objects.filter(tenant=tenant, status=Status.HELD)
+    if batch_code is not None:
+        held = held.filter(batch_code=batch_code)
+    batches = sorted(SuspendedBatch.objects.filter(tenant=tenant).values_list("batch_code", flat=True))
+    return SuspensionState(tenant_id=tenant.id, suspended=tenant.suspended, suspended_batches=batches,
+                           held=held.count())
+
+
+def suspend_sending(*, tenant: Tenant, batch_code: str | None = None) -> SuspensionState:
+    """Hold a tenant's waiting messages, or one batch's; new ones are held as they arrive."""
+    with transaction.atomic():
+        tenant = Tenant.objects.select_for_update().get(pk=tenant.pk)
+        waiting = Message.objects.filter(tenant=tenant, status__in=[Status.QUEUED, Status.DEFERRED])
+        if batch_code is None:
+            if not tenant.suspended:
+                tenant.suspended = True
+                tenant.save(update_fields=["suspended", "updated_at"])
+        else:
+            SuspendedBatch.objects.get_or_create(tenant=tenant, batch_code=batch_code)
+            waiting = waiting.filter(batch_code=batch_code)
+        waiting.update(status=Status.HELD, updated_at=timezone.now())
+    logger.info("suspended tenant=%s batch=%s", tenant.id, batch_code or "*")
+    return _suspension_state(tenant, batch_code)
+
+
+def activate_sending(*, tenant: Tenant, batch_code: str | None = None) -> SuspensionState:
+    """Release what `suspend_sending` held; a batch cannot be released inside a suspended tenant."""
+    with transaction.atomic():
+        tenant = Tenant.objects.select_for_update().get(pk=tenant.pk)
+        held = Message.objects.filter(tenant=tenant, status=Status.HELD)
+        if batch_code is None:
+            tenant.suspended = False
+            tenant.save(update_fields=["suspended", "updated_at"])
+            still = SuspendedBatch.objects.filter(tenant=tenant).values_list("batch_code", flat=True)
+            held = held.exclude(batch_code__in=list(still))
+        else:
+            if tenant.suspended:
+                raise ConflictError(
+                    f"tenant {tenant.id!r} is suspended as a whole; activate the tenant before batch {batch_code!r}"
+                )
+            SuspendedBatch.objects.filter(tenant=tenant, batch_code=batch_code).delete()
+            held = held.filter(batch_code=batch_code)
+        # A message that already had attempts goes back to waiting for its retry time.
+        held.update(
+            status=Case(When(attempts=0, then=Value(Status.QUEUED)), default=Value(Status.DEFERRED)),
+            updated_at=timezone.now(),
+        )
+    logger.info("activated tenant=%s batch=%s", tenant.id, batch_code or "*")
+    return _suspension_state(tenant, batch_code)
+
+
+def delete_account(*, account: SmtpAccount, force: bool = False) -> int:
+    """Delete an SMTP account; refused while messages wait on it unless `force`.
+
+    With `force`, its waiting messages fail with an `error` event. Returns how many failed.
+    """
+    now = timezone.now()
+    reason = f"account {account.external_id!r} was deleted"
+    with transaction.atomic():
+        waiting = list(
+            Message.objects.select_for_update().filter(account=account, status__in=WAITING_STATUSES)
+            .only("id", "external_id", "tenant_id")
+        )
+        if waiting and not force:
+            raise ConflictError(
+                f"account {account.external_id!r} has {len(waiting)} messages waiting; "
+                "delete with ?force=true to fail them",
+                details={"waiting": len(waiting)},
+            )
+        if waiting:
+            Message.objects.filter(pk__in=[row.pk for row in waiting]).update(
+                status=Status.ERROR, error_at=now, last_error=reason, updated_at=now
+            )
+            MessageEvent.objects.bulk_create([
+                MessageEvent(tenant_id=row.tenant_id, message_id=row.pk, external_id=row.external_id,
+                             event_type=EventType.ERROR, occurred_at=now,
+                             details={"error": reason, "error_ts": now.timestamp(), "smtp_code": None,
+                                      "account_id": account.external_id})
+                for row in waiting
+            ])
+        account.delete()
+    logger.info("smtp account deleted tenant=%s account=%s failed=%d", account.tenant_id, account.external_id,
+                len(waiting))
+    return len(waiting)

@@ -1,0 +1,141 @@
+"""Tenant and API-key endpoints."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework.exceptions import ValidationError
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from mailproxy.params import query_bool
+from tenants import services
+from tenants.auth import Principal, resolve_tenant
+from tenants.exceptions import ForbiddenError, NotFoundError
+from tenants.models import ApiKey, Tenant
+from tenants.permissions import IsAdmin
+from tenants.serializers import ApiKeyInSerializer, ApiKeyOutSerializer, TenantInSerializer, TenantOutSerializer
+
+
+def _principal(request: Request) -> Principal:
+    principal = request.user
+    assert isinstance(principal, Principal)
+    return principal
+
+
+def _tenant(request: Request, tenant_id: str) -> Tenant:
+    """The tenant in the path, if the caller may see it (else 404, as for a missing one)."""
+    return resolve_tenant(_principal(request), tenant_id)
+
+
+def _key_answer(issued: services.IssuedKey) -> dict[str, object]:
+    return {**ApiKeyOutSerializer(issued.key).data, "api_key": issued.raw}
+
+
+class TenantSaveView(APIView):
+    permission_classes = [IsAdmin]
+
+    @extend_schema(request=TenantInSerializer, responses=OpenApiTypes.OBJECT)
+    def post(self, request: Request) -> Response:
+        payload = TenantInSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        saved = services.save_tenant(data=dict(payload.validated_data))
+        answer: dict[str, object] = {"ok": True, "created": saved.created,
+                                     "tenant": TenantOutSerializer(saved.tenant).data}
+        if saved.first_key is not None:
+            answer["api_key"] = saved.first_key.raw
+            answer["api_key_prefix"] = saved.first_key.key.prefix
+        return Response(answer, status=201 if saved.created else 200)
+
+
+class TenantListView(APIView):
+    permission_classes = [IsAdmin]
+
+    @extend_schema(parameters=[OpenApiParameter("active_only", bool)], responses=TenantOutSerializer(many=True))
+    def get(self, request: Request) -> Response:
+        tenants = Tenant.objects.prefetch_related("suspended_batches")
+        if query_bool(request, "active_only"):
+            tenants = tenants.filter(active=True)
+        return Response({"ok": True, "tenants": TenantOutSerializer(tenants, many=True).data})
+
+
+class TenantDetailView(APIView):
+    @extend_schema(responses=TenantOutSerializer)
+    def get(self, request: Request, tenant_id: str) -> Response:
+        return Response({"ok": True, "tenant": TenantOutSerializer(_tenant(request, tenant_id)).data})
+
+    @extend_schema(request=TenantInSerializer, responses=TenantOutSerializer)
+    def put(self, request: Request, tenant_id: str) -> Response:
+        tenant = _tenant(request, tenant_id)
+        if not isinstance(request.data, dict):
+            raise ValidationError({"request": "the body must be a JSON object"})
+        if "id" in request.data and request.data["id"] != tenant.id:
+            raise ValidationError({"id": "a tenant's id cannot be changed"})
+        if "active" in request.data and not _principal(request).is_admin:
+            raise ForbiddenError("only the admin can change 'active'", details={"active": "admin only"})
+        payload = TenantInSerializer(data={**request.data, "id": tenant.id}, partial=True)
+        payload.is_valid(raise_exception=True)
+        data = dict(payload.validated_data)
+        data.pop("id", None)
+        tenant = services.update_tenant(tenant=tenant, data=data)
+        return Response({"ok": True, "tenant": TenantOutSerializer(tenant).data})
+
+    @extend_schema(responses=OpenApiTypes.OBJECT)
+    def delete(self, request: Request, tenant_id: str) -> Response:
+        tenant = _tenant(request, tenant_id)
+        if not _principal(request).is_admin:
+            raise ForbiddenError("this endpoint needs the admin token")
+        services.delete_tenant(tenant=tenant)
+        return Response({"ok": True, "deleted": tenant_id})
+
+
+class ApiKeyListView(APIView):
+    @extend_schema(responses=ApiKeyOutSerializer(many=True))
+    def get(self, request: Request, tenant_id: str) -> Response:
+        keys = ApiKey.objects.filter(tenant=_tenant(request, tenant_id))
+        return Response({"ok": True, "api_keys": ApiKeyOutSerializer(keys, many=True).data})
+
+    @extend_schema(request=ApiKeyInSerializer, responses=OpenApiTypes.OBJECT)
+    def post(self, request: Request, tenant_id: str) -> Response:
+        tenant = _tenant(request, tenant_id)
+        payload = ApiKeyInSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        expires_ts = payload.validated_data.get("expires_ts")
+        expires_at = None
+        if expires_ts is not None:
+            try:
+                expires_at = datetime.fromtimestamp(expires_ts, tz=UTC)
+            except (OverflowError, OSError, ValueError):
+                raise ValidationError({"expires_ts": "is out of range"}) from None
+            if expires_at <= datetime.now(tz=UTC):
+                raise ValidationError({"expires_ts": "is already in the past"})
+        issued = services.create_api_key(tenant=tenant, label=payload.validated_data.get("label", ""),
+                                         expires_at=expires_at)
+        return Response({"ok": True, **_key_answer(issued)}, status=201)
+
+
+def _key(request: Request, tenant_id: str, prefix: str) -> ApiKey:
+    key = ApiKey.objects.filter(tenant=_tenant(request, tenant_id), prefix=prefix).first()
+    if key is None:
+        raise NotFoundError()
+    return key
+
+
+class ApiKeyDetailView(APIView):
+    @extend_schema(responses=ApiKeyOutSerializer)
+    def delete(self, request: Request, tenant_id: str, prefix: str) -> Response:
+        key = services.revoke_api_key(key=_key(request, tenant_id, prefix))
+        return Response({"ok": True, "api_key": ApiKeyOutSerializer(key).data})
+
+
+class ApiKeyRotateView(APIView):
+    @extend_schema(request=None, responses=OpenApiTypes.OBJECT)
+    def post(self, request: Request, tenant_id: str, prefix: str) -> Response:
+        key = _key(request, tenant_id, prefix)
+        if key.revoked_at is not None:
+            raise NotFoundError("this key is revoked; create a new one")
+        issued = services.rotate_api_key(key=key)
+        return Response({"ok": True, "revoked": prefix, **_key_answer(issued)}, status=201)
