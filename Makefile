@@ -1,0 +1,52 @@
+# mail-proxy: the two commands a newcomer needs are `make run` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8000
+# The suite runs on PostgreSQL (the production database) and again on SQLite (the embedded one).
+TEST_DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/mailproxy
+
+.PHONY: run install install-dev test test-postgres test-sqlite lint migrations-check bench clean
+
+$(BIN)/.installed: requirements/base.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements/base.txt
+	touch $@
+
+$(BIN)/.installed-dev: requirements/dev.txt requirements/base.txt $(BIN)/.installed
+	$(BIN)/pip install --quiet -r requirements/dev.txt
+	touch $@
+
+install: $(BIN)/.installed
+install-dev: $(BIN)/.installed-dev
+
+## run: install, migrate and serve the API on the embedded defaults (SQLite in ./var)
+run: install
+	$(BIN)/python manage.py migrate --no-input -v 0
+	$(BIN)/python manage.py welcome --host $(HOST) --port $(PORT)
+	$(BIN)/python manage.py runserver $(HOST):$(PORT) --noreload
+
+## test: the whole suite on PostgreSQL, then on SQLite
+test: install-dev test-postgres test-sqlite
+
+test-postgres: install-dev
+	DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/pytest --create-db $(PYTEST_ARGS)
+
+test-sqlite: install-dev
+	DATABASE_URL= $(BIN)/pytest -m "not postgres" $(PYTEST_ARGS)
+
+lint: install-dev
+	$(BIN)/ruff check .
+	$(BIN)/mypy .
+
+migrations-check: install-dev
+	GMP_DATA_DIR=$$(mktemp -d) $(BIN)/python manage.py makemigrations --check --dry-run
+
+bench: install-dev
+	DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/python bench/enqueue.py
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,18 @@
+"""Settings for the test suite: the product's settings with fixed test secrets.
+
+DATABASE_URL picks the database as in production (PostgreSQL in CI, SQLite when unset).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+os.environ.setdefault("MAIL_PROXY_ENCRYPTION_KEY", "dGVzdC1rZXktMDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY=")
+os.environ.setdefault("GMP_API_TOKEN", "test-admin-token-0123456789abcdefghijklmnop")
+os.environ.setdefault("DJANGO_SECRET_KEY", "test-only-django-key-that-is-long-enough-for-the-checks")
+os.environ.setdefault("GMP_DATA_DIR", tempfile.mkdtemp(prefix="mail-proxy-test-"))
+
+from mailproxy.settings import *  # noqa: E402, F403
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
