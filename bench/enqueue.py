@@ -38,15 +38,17 @@ class BenchError(Exception):
     """A request failed or the stored count is wrong: the numbers would mean nothing."""
 
 
-def recreate_database(server: str, name: str) -> None:
+def drop_database(server: str, name: str, *, recreate: bool = False) -> None:
     with psycopg.connect(f"{server}/postgres", autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
+        if recreate:
+            conn.execute(f'CREATE DATABASE "{name}"')
 
 
-def drop_database(server: str, name: str) -> None:
-    with psycopg.connect(f"{server}/postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+def scalar(conn: psycopg.Connection[tuple[object, ...]], sql: str) -> object:
+    row = conn.execute(sql).fetchone()
+    assert row is not None
+    return row[0]
 
 
 def free_port() -> int:
@@ -128,14 +130,14 @@ def run(args: argparse.Namespace, base: str, token: str, db_url: str) -> list[st
         raise BenchError(f"GET /messages?limit=1 answered {response.status_code}: {response.text[:500]}")
     sent = next(ids) - 1
     with psycopg.connect(db_url) as conn:
-        stored = conn.execute("SELECT count(*) FROM queueing_message").fetchone()[0]
-        version = conn.execute("SELECT version()").fetchone()[0]
-    print(f"stored {stored:,} messages of {sent:,} sent")
+        stored = scalar(conn, "SELECT count(*) FROM queueing_message")
+        version = str(scalar(conn, "SELECT version()"))
+    print(f"stored {stored} messages of {sent} sent")
     if stored != sent:
         raise BenchError(f"{stored} messages stored, {sent} sent")
 
     return [
-        f"{version.split(' on ')[0]}, gunicorn {args.workers} workers × 1 thread, "
+        f"{version.split(' on ')[0]}, gunicorn {args.workers} workers, 1 thread each, "
         f"{os.cpu_count()} CPUs, {datetime.now(UTC):%Y-%m-%d}",
         "",
         "| measure | result | target |",
@@ -174,7 +176,7 @@ def main() -> int:
     log_path = Path(data_dir.name) / "gunicorn.log"
     server: subprocess.Popen[bytes] | None = None
     try:
-        recreate_database(server_url, args.database)
+        drop_database(server_url, args.database, recreate=True)
         subprocess.run([sys.executable, "manage.py", "migrate", "--no-input", "-v", "0"],
                        cwd=ROOT, env=env, check=True)
         port = free_port()
