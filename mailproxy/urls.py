@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.contrib import admin
 from django.urls import path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularJSONAPIView, SpectacularSwaggerView
 
 from mailproxy.health import HealthView
 from queueing import api as queueing_api
@@ -18,7 +18,7 @@ PUBLIC_URL_NAMES = frozenset({"health", "openapi", "docs"})
 
 urlpatterns = [
     path("health", HealthView.as_view(), name="health"),
-    path("openapi.json", SpectacularAPIView.as_view(authentication_classes=[], permission_classes=[]),
+    path("openapi.json", SpectacularJSONAPIView.as_view(authentication_classes=[], permission_classes=[]),
          name="openapi"),
     path("docs", SpectacularSwaggerView.as_view(url_name="openapi", authentication_classes=[],
                                                 permission_classes=[]), name="docs"),

@@ -102,6 +102,7 @@ class MessageListView(APIView):
             OpenApiParameter("limit", int, description="1-1000, default 100"),
             OpenApiParameter("cursor", str, description="next_cursor of the previous page"),
         ],
+        operation_id="messages_list",
         responses=OpenApiTypes.OBJECT,
     )
     def get(self, request: Request) -> Response:

@@ -7,4 +7,4 @@ class TenantsConfig(AppConfig):
     name = "tenants"
 
     def ready(self) -> None:
-        from tenants import checks  # noqa: F401  (registers the system checks)
+        from tenants import checks, schema  # noqa: F401  (registers the checks and the schema extension)
