@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.db.models import Case, Exists, OuterRef, Q, Value, When
 from django.utils import timezone
 
@@ -218,34 +218,54 @@ def _upsert(items: list[_Accepted], *, now: datetime) -> set[tuple[str, str]]:
     """
     if not items:
         return set()
+    db = connections[DEFAULT_DB_ALIAS]  # the real connection: the proxy costs a lookup per use
     opts = Message._meta
-    fields = {name: opts.get_field(name.removesuffix("_id") if name in ("tenant_id", "account_id") else name)
-              for name in _INSERT_COLUMNS}
-    quote = connection.ops.quote_name
+    fields = [opts.get_field(name.removesuffix("_id") if name in ("tenant_id", "account_id") else name)
+              for name in _INSERT_COLUMNS]
+    # Only JSON and time values need Django's conversion; text and numbers go as they are.
+    converters = [
+        (lambda value, f=f: f.get_db_prep_save(value, db))
+        if f.get_internal_type() in ("JSONField", "DateTimeField") else None
+        for f in fields
+    ]
+    quote = db.ops.quote_name
     table = quote(opts.db_table)
-    columns = ", ".join(quote(fields[name].column) for name in _INSERT_COLUMNS)
-    updates = ", ".join(f"{quote(fields[name].column)} = excluded.{quote(fields[name].column)}"
+    columns = ", ".join(quote(f.column) for f in fields)
+    by_name = dict(zip(_INSERT_COLUMNS, fields, strict=True))
+    updates = ", ".join(f"{quote(by_name[name].column)} = excluded.{quote(by_name[name].column)}"
                         for name in _CONTENT_COLUMNS)
-    replaceable = ", ".join(["%s"] * len(REPLACEABLE_STATUSES))
-    row_placeholder = "(" + ", ".join(["%s"] * len(_INSERT_COLUMNS)) + ")"
+    conflict = (
+        f"ON CONFLICT ({quote('tenant_id')}, {quote('external_id')}) DO UPDATE SET {updates} "
+        f"WHERE {table}.{quote('status')} IN ({', '.join(['%s'] * len(REPLACEABLE_STATUSES))}) "
+        f"RETURNING {quote('tenant_id')}, {quote('external_id')}"
+    )
+    statuses = [str(status) for status in REPLACEABLE_STATUSES]
+    rows = []
+    for item in items:
+        row = _row(item, now)
+        rows.append([row[name] if convert is None else convert(row[name])
+                     for name, convert in zip(_INSERT_COLUMNS, converters, strict=True)])
     stored: set[tuple[str, str]] = set()
-    with connection.cursor() as cursor:
-        for start in range(0, len(items), UPSERT_CHUNK):
-            chunk = items[start:start + UPSERT_CHUNK]
-            params: list[Any] = []
-            for item in chunk:
-                row = _row(item, now)
-                params.extend(fields[name].get_db_prep_save(row[name], connection) for name in _INSERT_COLUMNS)
-            params.extend(str(status) for status in REPLACEABLE_STATUSES)
-            sql = (
-                f"INSERT INTO {table} ({columns}) VALUES {', '.join([row_placeholder] * len(chunk))} "
-                f"ON CONFLICT ({quote('tenant_id')}, {quote('external_id')}) DO UPDATE SET {updates} "
-                f"WHERE {table}.{quote('status')} IN ({replaceable}) "
-                f"RETURNING {quote('tenant_id')}, {quote('external_id')}"
+    with db.cursor() as cursor:
+        if db.vendor == "postgresql":
+            # One array per column: a statement of ~30 parameters whatever the batch size,
+            # which psycopg parses once and caches (a VALUES list of 30,000 it re-reads each time).
+            arrays = ", ".join(f"%s::{f.db_type(db)}[]" for f in fields)
+            cursor.execute(
+                f"INSERT INTO {table} ({columns}) SELECT * FROM unnest({arrays}) {conflict}",
+                [list(column) for column in zip(*rows, strict=True)] + statuses,
             )
-            cursor.execute(sql, params)
-            stored.update((tenant_id, external_id) for tenant_id, external_id in cursor.fetchall())
-    return stored
+            stored.update(cursor.fetchall())
+        else:
+            placeholder = "(" + ", ".join(["%s"] * len(fields)) + ")"
+            for start in range(0, len(rows), UPSERT_CHUNK):
+                chunk = rows[start:start + UPSERT_CHUNK]
+                cursor.execute(
+                    f"INSERT INTO {table} ({columns}) VALUES {', '.join([placeholder] * len(chunk))} {conflict}",
+                    [value for row in chunk for value in row] + statuses,
+                )
+                stored.update(cursor.fetchall())
+    return {(tenant_id, external_id) for tenant_id, external_id in stored}
 
 
 def _explain_not_stored(items: list[_Accepted]) -> list[Rejection]:
