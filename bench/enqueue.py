@@ -5,7 +5,7 @@ Measures the latency of single-message requests (p50/p90/p99/max) and the wall t
 that every message was stored. Prints a Markdown table for README.md.
 
     .venv/bin/python bench/enqueue.py [--single 500] [--batches 5] [--batch-size 1000]
-                                      [--workers 2] [--keep]
+                                      [--workers 2] [--threads 2] [--keep]
 
 The PostgreSQL server is taken from DATABASE_URL (its database name is ignored: the
 benchmark always creates, and drops, its own) or defaults to postgres@127.0.0.1:5432.
@@ -137,7 +137,7 @@ def run(args: argparse.Namespace, base: str, token: str, db_url: str) -> list[st
         raise BenchError(f"{stored} messages stored, {sent} sent")
 
     return [
-        f"{version.split(' on ')[0]}, gunicorn {args.workers} workers, 1 thread each, "
+        f"{version.split(' on ')[0]}, gunicorn {args.workers} workers, {args.threads} threads each, "
         f"{os.cpu_count()} CPUs, {datetime.now(UTC):%Y-%m-%d}",
         "",
         "| measure | result | target |",
@@ -155,6 +155,8 @@ def main() -> int:
     parser.add_argument("--batches", type=int, default=5, help="batch requests (default 5)")
     parser.add_argument("--batch-size", type=int, default=1000, help="messages per batch request (default 1000)")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (default 2)")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="threads per worker (default 2); above 1 gunicorn keeps connections alive")
     parser.add_argument("--database", default="mailproxy_bench", help="database to create and drop")
     parser.add_argument("--keep", action="store_true", help="keep the database at the end")
     args = parser.parse_args()
@@ -184,7 +186,7 @@ def main() -> int:
             # gunicorn's and the product's log lines go to the file, keeping the output readable.
             server = subprocess.Popen(
                 [sys.executable, "-m", "gunicorn", "mailproxy.wsgi:application", "--bind", f"127.0.0.1:{port}",
-                 "--workers", str(args.workers), "--threads", "1"],
+                 "--workers", str(args.workers), "--threads", str(args.threads)],
                 cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
             )
         base = f"http://127.0.0.1:{port}"

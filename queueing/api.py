@@ -32,19 +32,13 @@ from queueing.serializers import (
 )
 from queueing.validation import Invalid, parse_priority
 from tenants import services as tenant_services
-from tenants.auth import Principal, resolve_tenant
+from tenants.auth import principal_of, resolve_tenant
 from tenants.exceptions import NotFoundError, PayloadTooLargeError
 from tenants.models import SmtpAccount, Tenant
 from tenants.serializers import AccountInSerializer, AccountOutSerializer
 
 TENANT_PARAM = OpenApiParameter("tenant_id", str, description="admin token: the tenant (default: 'default')")
 OK = inline_serializer("Ok", {"ok": serializers.BooleanField()})
-
-
-def principal_of(request: Request) -> Principal:
-    principal = request.user
-    assert isinstance(principal, Principal)  # guaranteed by the permission classes
-    return principal
 
 
 def tenant_from_query(request: Request) -> Tenant:
@@ -124,7 +118,7 @@ class MessageListView(APIView):
         ))
         return Response({
             "ok": True,
-            "messages": [message_record(row, row.account_external_id) for row in rows],
+            "messages": [message_record(row, getattr(row, "account_external_id", None)) for row in rows],
             "next_cursor": str(rows[-1].pk) if len(rows) == limit else None,
         })
 
@@ -136,7 +130,7 @@ class MessageDetailView(APIView):
         message = selectors.get_message(tenant=tenant, external_id=message_id)
         if message is None:
             raise NotFoundError()
-        record = message_record(message, message.account_external_id)
+        record = message_record(message, getattr(message, "account_external_id", None))
         record["events"] = [event_record(event) for event in MessageEvent.objects.filter(message=message)]
         return Response({"ok": True, "message": record})
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
-from django.db.models import Case, Exists, OuterRef, Q, Value, When
+from django.db.models import Case, Exists, Field, OuterRef, Q, Value, When
 from django.utils import timezone
 
 from queueing.models import (
@@ -99,9 +99,11 @@ class _Context:
         for (tenant_id, _), account in self.accounts.items():
             if counts[tenant_id] == 1:
                 self.defaults.setdefault(tenant_id, account)
-        self.suspended_batches = set(
+        # Most submissions carry no batch code: then no batch can be suspended for them.
+        has_batches = any(isinstance(raw, dict) and raw.get("batch_code") for raw in payloads)
+        self.suspended_batches: set[tuple[str, str]] = set(
             SuspendedBatch.objects.filter(tenant_id__in=tenant_ids).values_list("tenant_id", "batch_code")
-        )
+        ) if has_batches else set()
 
     def tenant_of(self, raw: Any) -> Tenant | None:
         """The tenant a raw message names (or defaults to); None when that tenant does not exist."""
@@ -220,8 +222,10 @@ def _upsert(items: list[_Accepted], *, now: datetime) -> set[tuple[str, str]]:
         return set()
     db = connections[DEFAULT_DB_ALIAS]  # the real connection: the proxy costs a lookup per use
     opts = Message._meta
-    fields = [opts.get_field(name.removesuffix("_id") if name in ("tenant_id", "account_id") else name)
-              for name in _INSERT_COLUMNS]
+    fields: list[Field[Any, Any]] = [
+        opts.get_field(name.removesuffix("_id") if name in ("tenant_id", "account_id") else name)  # type: ignore[misc]
+        for name in _INSERT_COLUMNS
+    ]
     # Only JSON and time values need Django's conversion; text and numbers go as they are.
     converters = [
         (lambda value, f=f: f.get_db_prep_save(value, db))
@@ -251,17 +255,18 @@ def _upsert(items: list[_Accepted], *, now: datetime) -> set[tuple[str, str]]:
             # One array per column: a statement of ~30 parameters whatever the batch size,
             # which psycopg parses once and caches (a VALUES list of 30,000 it re-reads each time).
             arrays = ", ".join(f"%s::{f.db_type(db)}[]" for f in fields)
-            cursor.execute(
-                f"INSERT INTO {table} ({columns}) SELECT * FROM unnest({arrays}) {conflict}",
-                [list(column) for column in zip(*rows, strict=True)] + statuses,
+            cursor.execute(  # identifiers are quoted names of the model; every value is a parameter
+                f"INSERT INTO {table} ({columns}) SELECT * FROM unnest({arrays}) {conflict}",  # noqa: S608
+                [*(list(column) for column in zip(*rows, strict=True)), *statuses],
             )
             stored.update(cursor.fetchall())
         else:
             placeholder = "(" + ", ".join(["%s"] * len(fields)) + ")"
             for start in range(0, len(rows), UPSERT_CHUNK):
                 chunk = rows[start:start + UPSERT_CHUNK]
+                values = ", ".join([placeholder] * len(chunk))
                 cursor.execute(
-                    f"INSERT INTO {table} ({columns}) VALUES {', '.join([placeholder] * len(chunk))} {conflict}",
+                    f"INSERT INTO {table} ({columns}) VALUES {values} {conflict}",  # noqa: S608
                     [value for row in chunk for value in row] + statuses,
                 )
                 stored.update(cursor.fetchall())
@@ -277,7 +282,7 @@ def _explain_not_stored(items: list[_Accepted]) -> list[Rejection]:
         condition |= Q(tenant_id=item.tenant.id, external_id=item.payload.external_id)
     statuses = {(tenant_id, external_id): status for tenant_id, external_id, status in
                 Message.objects.filter(condition).values_list("tenant_id", "external_id", "status")}
-    reasons = {Status.SENT: "already sent", Status.ERROR: "already failed", Status.EXPIRED: "already failed",
+    reasons: dict[str | None, str] = {Status.SENT: "already sent", Status.ERROR: "already failed", Status.EXPIRED: "already failed",
                Status.SENDING: "being sent right now; it cannot be replaced"}
     return [
         Rejection(item.index, item.payload.external_id, "id",
@@ -294,19 +299,19 @@ def _record_rejections(rejected: list[Rejection], *, now: datetime) -> None:
     (a duplicate of a sent message, a bad replacement) writes nothing: that message's own
     state stands, and an error event would contradict it.
     """
-    candidates = [r for r in rejected if r.reportable and r.external_id is not None and r.tenant is not None]
+    candidates = [(r.tenant, r.external_id, r.reason) for r in rejected
+                  if r.reportable and r.external_id is not None and r.tenant is not None]
     if not candidates:
         return
     condition = Q()
-    for rejection in candidates:
-        condition |= Q(tenant_id=rejection.tenant.id, external_id=rejection.external_id)  # type: ignore[union-attr]
+    for tenant, external_id, _ in candidates:
+        condition |= Q(tenant_id=tenant.id, external_id=external_id)
     existing = set(Message.objects.filter(condition).values_list("tenant_id", "external_id"))
     MessageEvent.objects.bulk_create([
-        MessageEvent(tenant=rejection.tenant, message=None, external_id=rejection.external_id,
-                     event_type=EventType.ERROR, occurred_at=now,
-                     details={"error": rejection.reason, "error_ts": now.timestamp()})
-        for rejection in candidates
-        if (rejection.tenant.id, rejection.external_id) not in existing  # type: ignore[union-attr]
+        MessageEvent(tenant=tenant, message=None, external_id=external_id, event_type=EventType.ERROR,
+                     occurred_at=now, details={"error": reason, "error_ts": now.timestamp()})
+        for tenant, external_id, reason in candidates
+        if (tenant.id, external_id) not in existing
     ])
 
 

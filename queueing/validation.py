@@ -133,7 +133,9 @@ def _address(token: str) -> str | None:
 
 def _split_addresses(text: str) -> list[str]:
     """Split a comma-separated list, keeping commas inside quotes or angle brackets."""
-    tokens, current, quoted, angle = [], [], False, 0
+    tokens: list[str] = []
+    current: list[str] = []
+    quoted, angle = False, 0
     escaped = False
     for char in text:
         if escaped:

@@ -13,22 +13,16 @@ from rest_framework.views import APIView
 
 from mailproxy.params import query_bool
 from tenants import services
-from tenants.auth import Principal, resolve_tenant
+from tenants.auth import principal_of, resolve_tenant
 from tenants.exceptions import ForbiddenError, NotFoundError
 from tenants.models import ApiKey, Tenant
 from tenants.permissions import IsAdmin
 from tenants.serializers import ApiKeyInSerializer, ApiKeyOutSerializer, TenantInSerializer, TenantOutSerializer
 
 
-def _principal(request: Request) -> Principal:
-    principal = request.user
-    assert isinstance(principal, Principal)
-    return principal
-
-
 def _tenant(request: Request, tenant_id: str) -> Tenant:
     """The tenant in the path, if the caller may see it (else 404, as for a missing one)."""
-    return resolve_tenant(_principal(request), tenant_id)
+    return resolve_tenant(principal_of(request), tenant_id)
 
 
 def _key_answer(issued: services.IssuedKey) -> dict[str, object]:
@@ -74,7 +68,7 @@ class TenantDetailView(APIView):
             raise ValidationError({"request": "the body must be a JSON object"})
         if "id" in request.data and request.data["id"] != tenant.id:
             raise ValidationError({"id": "a tenant's id cannot be changed"})
-        if "active" in request.data and not _principal(request).is_admin:
+        if "active" in request.data and not principal_of(request).is_admin:
             raise ForbiddenError("only the admin can change 'active'", details={"active": "admin only"})
         payload = TenantInSerializer(data={**request.data, "id": tenant.id}, partial=True)
         payload.is_valid(raise_exception=True)
@@ -86,7 +80,7 @@ class TenantDetailView(APIView):
     @extend_schema(responses=OpenApiTypes.OBJECT)
     def delete(self, request: Request, tenant_id: str) -> Response:
         tenant = _tenant(request, tenant_id)
-        if not _principal(request).is_admin:
+        if not principal_of(request).is_admin:
             raise ForbiddenError("this endpoint needs the admin token")
         services.delete_tenant(tenant=tenant)
         return Response({"ok": True, "deleted": tenant_id})

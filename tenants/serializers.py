@@ -212,7 +212,7 @@ class AccountOutSerializer(serializers.ModelSerializer):
 
 
 class ApiKeyInSerializer(serializers.Serializer):
-    label = serializers.CharField(max_length=200, required=False, allow_blank=True)
+    label = serializers.CharField(max_length=200, required=False, allow_blank=True)  # type: ignore[assignment]
     expires_ts = serializers.FloatField(required=False, allow_null=True, help_text="unix seconds")
 
 

@@ -13,6 +13,6 @@ os.environ.setdefault("GMP_API_TOKEN", "test-admin-token-0123456789abcdefghijklm
 os.environ.setdefault("DJANGO_SECRET_KEY", "test-only-django-key-that-is-long-enough-for-the-checks")
 os.environ.setdefault("GMP_DATA_DIR", tempfile.mkdtemp(prefix="mail-proxy-test-"))
 
-from mailproxy.settings import *  # noqa: E402, F403
+from mailproxy.settings import *  # noqa: F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -34,7 +34,8 @@ def test_valid_message_is_stored_queued(tenant_client: APIClient, account: SmtpA
     assert stored.to == ["rcpt@example.com"]
     assert stored.cc == ["Cc Person <cc@example.com>"]
     assert stored.bcc == ["b@example.com"]
-    assert stored.message_id.startswith("<") and stored.message_id.endswith("@example.com>")
+    assert stored.message_id.startswith("<")
+    assert stored.message_id.endswith("@example.com>")
 
 
 def test_comma_separated_recipients_with_quoted_commas(tenant_client: APIClient, account: SmtpAccount) -> None:

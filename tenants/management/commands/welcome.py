@@ -19,7 +19,8 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         url = f"http://{options['host']}:{options['port']}"
         token = settings.GMP_API_TOKEN
-        source = "from GMP_API_TOKEN" if os.environ.get("GMP_API_TOKEN") else f"kept in {settings.DATA_DIR / 'api_token'}"
+        kept = settings.DATA_DIR / "api_token"
+        source = "from GMP_API_TOKEN" if os.environ.get("GMP_API_TOKEN") else f"kept in {kept}"
         self.stdout.write(f"mail-proxy is starting at {url}  (API docs: {url}/docs)")
         self.stdout.write(f"admin token ({source}): {token}")
         self.stdout.write(
