@@ -282,8 +282,10 @@ def _explain_not_stored(items: list[_Accepted]) -> list[Rejection]:
         condition |= Q(tenant_id=item.tenant.id, external_id=item.payload.external_id)
     statuses = {(tenant_id, external_id): status for tenant_id, external_id, status in
                 Message.objects.filter(condition).values_list("tenant_id", "external_id", "status")}
-    reasons: dict[str | None, str] = {Status.SENT: "already sent", Status.ERROR: "already failed", Status.EXPIRED: "already failed",
-               Status.SENDING: "being sent right now; it cannot be replaced"}
+    reasons: dict[str | None, str] = {
+        Status.SENT: "already sent", Status.ERROR: "already failed", Status.EXPIRED: "already failed",
+        Status.SENDING: "being sent right now; it cannot be replaced",
+    }
     return [
         Rejection(item.index, item.payload.external_id, "id",
                   reasons.get(statuses.get((item.tenant.id, item.payload.external_id)), "could not be stored"),
