@@ -85,8 +85,17 @@ class Message(models.Model):
     error_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
     smtp_code = models.PositiveSmallIntegerField(null=True, blank=True)
-    # A worker's claim: the message is its own until this database time.
+    # A worker's claim: the message is the claim's (`lease_token`) until this database time.
     lease_until = models.DateTimeField(null=True, blank=True)
+    lease_token = models.UUIDField(null=True, blank=True)
+    # Recipients still to deliver after some were refused with 4xx (None: all of them).
+    pending_recipients = models.JSONField(null=True, blank=True)
+    # Recipients refused for good (5xx), with their codes, for the report.
+    refused = models.JSONField(default=list, blank=True)
+    # The server may have accepted a copy already (connection lost after the final dot,
+    # or a worker died holding the lease): the report says so.
+    possible_duplicate = models.BooleanField(default=False)
+    deferred_reason = models.CharField(max_length=20, blank=True)
 
     class Meta:
         constraints = [
@@ -110,6 +119,11 @@ class Message(models.Model):
             models.Index(fields=["lease_until"], condition=Q(status="sending"), name="message_leased"),
             models.Index(fields=["tenant", "status", "id"], name="message_tenant_status"),
             models.Index(fields=["tenant", "batch_code"], name="message_tenant_batch"),
+            # Recent sends per account: refills the rate-limit buckets after Redis lost them.
+            models.Index(fields=["account", "sent_at"], condition=Q(sent_at__isnull=False),
+                         name="message_sent_by_account"),
+            models.Index(fields=["tenant", "sent_at"], condition=Q(sent_at__isnull=False),
+                         name="message_sent_by_tenant"),
         ]
 
     def __str__(self) -> str:
@@ -165,3 +179,25 @@ class MessageEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event_type} {self.tenant_id}/{self.external_id}"
+
+
+class RateLimitBucket(models.Model):
+    """One rate-limit window of the SQL limiter (embedded instance); its row is the lock."""
+
+    key = models.CharField(primary_key=True, max_length=120)
+
+    def __str__(self) -> str:
+        return self.key
+
+
+class RateLimitHit(models.Model):
+    """A token spent from a bucket of the SQL limiter; it comes back `window` seconds after `at`."""
+
+    bucket = models.ForeignKey(RateLimitBucket, on_delete=models.CASCADE, related_name="hits")
+    at = models.DateTimeField()
+
+    class Meta:
+        indexes = [models.Index(fields=["bucket", "at"], name="ratelimit_hit_window")]
+
+    def __str__(self) -> str:
+        return f"{self.bucket_id}@{self.at.isoformat()}"

@@ -189,7 +189,8 @@ _CONTENT_COLUMNS = (
     "account_id", "status", "priority", "batch_code", "from_addr", "to", "cc", "bcc", "reply_to", "return_path",
     "subject", "body", "content_type", "body_text", "body_html", "headers", "attachments", "message_id",
     "updated_at", "deferred_until", "expires_at", "next_attempt_at", "attempts", "sent_at", "error_at",
-    "last_error", "smtp_code", "lease_until",
+    "last_error", "smtp_code", "lease_until", "lease_token", "pending_recipients", "refused", "possible_duplicate",
+    "deferred_reason",
 )
 _INSERT_COLUMNS = ("tenant_id", "external_id", "created_at", *_CONTENT_COLUMNS)
 
@@ -207,7 +208,8 @@ def _row(item: _Accepted, now: datetime) -> dict[str, Any]:
         "message_id": payload.message_id or _new_message_id(payload), "updated_at": now,
         "deferred_until": payload.deferred_until, "expires_at": payload.expires_at,
         "next_attempt_at": payload.deferred_until or now, "attempts": 0, "sent_at": None, "error_at": None,
-        "last_error": "", "smtp_code": None, "lease_until": None,
+        "last_error": "", "smtp_code": None, "lease_until": None, "lease_token": None, "pending_recipients": None,
+        "refused": [], "possible_duplicate": False, "deferred_reason": "",
     }
 
 

@@ -105,6 +105,14 @@ class SmtpAccount(models.Model):
     # Set when the server refuses our credentials; cleared when they are changed.
     account_error = models.TextField(blank=True)
     account_error_at = models.DateTimeField(null=True, blank=True)
+    # Delivery state shared by every worker (the database is the only thing they share
+    # for sure): no new send task while `ring_until` is ahead (one is queued already), no
+    # connection attempt while `paused_until` is ahead (server unreachable or refusing our
+    # credentials; `backoff_seconds` is the current step of that backoff).
+    ring_until = models.DateTimeField(null=True, blank=True)
+    paused_until = models.DateTimeField(null=True, blank=True)
+    unreachable_since = models.DateTimeField(null=True, blank=True)
+    backoff_seconds = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
