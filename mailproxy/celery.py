@@ -1,13 +1,35 @@
-"""The Celery application. Queues, routing and the beat schedule are completed by the delivery engine."""
+"""The Celery application: queues by priority, routing, and the beat schedule in code.
+
+`celery -A mailproxy worker` consumes every queue (a free worker takes the highest
+priority first); `celery -A mailproxy beat` rings the dispatcher every
+GMP_SEND_INTERVAL_SECONDS. Tasks carry ids only: the database is the truth, a lost or
+repeated task message costs nothing but a little delay.
+"""
 
 from __future__ import annotations
 
 import os
 
 from celery import Celery
+from kombu import Queue
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mailproxy.settings")
 
+# Send queues by priority (SPEC §5.1), then the queues of the other periodic work.
+SEND_QUEUES = ("immediate", "high", "medium", "low")
+OTHER_QUEUES = ("reports", "imap", "maintenance")
+
 app = Celery("mailproxy")
 app.config_from_object("django.conf:settings", namespace="CELERY")
+app.conf.task_queues = [Queue(name) for name in (*SEND_QUEUES, *OTHER_QUEUES)]
+app.conf.task_default_queue = "medium"
+app.conf.task_routes = {"queueing.dispatch": {"queue": "immediate"}}
 app.autodiscover_tasks()
+
+
+@app.on_after_finalize.connect
+def _schedule(sender: Celery, **kwargs: object) -> None:
+    from django.conf import settings
+
+    sender.add_periodic_task(settings.GMP_SEND_INTERVAL_SECONDS, sender.signature("queueing.dispatch"),
+                             name="dispatch sweep")

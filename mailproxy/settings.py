@@ -14,7 +14,7 @@ from typing import Any
 
 import dj_database_url
 
-from mailproxy.env import env_bool, env_int, env_list, env_secret, env_str
+from mailproxy.env import ConfigError, env_bool, env_float, env_int, env_int_list, env_list, env_secret, env_str
 from tenants.crypto import generate_key
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -149,6 +149,63 @@ GMP_MAX_BATCH = env_int("GMP_MAX_BATCH", 1000, minimum=1)
 GMP_REPORT_RETENTION_SECONDS = env_int("GMP_REPORT_RETENTION_SECONDS", 7 * 24 * 3600, minimum=0)
 GMP_MESSAGE_ID_DOMAIN = env_str("GMP_MESSAGE_ID_DOMAIN", "")
 GMP_API_KEY_TOUCH_SECONDS = env_int("GMP_API_KEY_TOUCH_SECONDS", 60, minimum=0)
+
+# --- Delivery ---------------------------------------------------------------------------
+REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
+# Token buckets: Redis across a fleet, SQL for the embedded instance.
+GMP_RATE_LIMITER = env_str("GMP_RATE_LIMITER", "sql" if EMBEDDED and not os.environ.get("REDIS_URL") else "redis")
+if GMP_RATE_LIMITER not in ("redis", "sql"):
+    raise ConfigError(f"GMP_RATE_LIMITER must be 'redis' or 'sql', got {GMP_RATE_LIMITER!r}")
+GMP_SEND_INTERVAL_SECONDS = env_float("GMP_SEND_INTERVAL_SECONDS", 1.0, minimum=0.1)
+GMP_RETRY_DELAYS = env_int_list("GMP_RETRY_DELAYS", [60, 300, 900, 3600, 7200])
+GMP_MAX_RETRIES = env_int("GMP_MAX_RETRIES", 5, minimum=0)
+GMP_MAX_QUEUE_LIFETIME = env_int("GMP_MAX_QUEUE_LIFETIME", 5 * 24 * 3600, minimum=60)
+# A send task works on one account for at most this long, then hands over (fairness).
+GMP_BATCH_SECONDS = env_int("GMP_BATCH_SECONDS", 60, minimum=1)
+# A rung account gets no second send task for this long unless the first one started.
+GMP_RING_SECONDS = env_int("GMP_RING_SECONDS", 20, minimum=1)
+# Unreachable server: first probe after the minimum, doubling up to the maximum.
+GMP_BACKOFF_MIN_SECONDS = env_int("GMP_BACKOFF_MIN_SECONDS", 5, minimum=1)
+GMP_BACKOFF_MAX_SECONDS = env_int("GMP_BACKOFF_MAX_SECONDS", 300, minimum=1)
+# Credentials refused: how long before trying them again (a fix of the account retries at once).
+GMP_AUTH_RETRY_SECONDS = env_int("GMP_AUTH_RETRY_SECONDS", 900, minimum=1)
+
+_explicit_broker = env_str("CELERY_BROKER_URL", "")
+if _explicit_broker:
+    CELERY_BROKER_URL = _explicit_broker
+elif EMBEDDED and not os.environ.get("REDIS_URL"):
+    # The embedded instance needs no server: kombu's filesystem transport in the data folder.
+    CELERY_BROKER_URL = "filesystem://"
+else:
+    CELERY_BROKER_URL = REDIS_URL
+if CELERY_BROKER_URL.startswith("filesystem"):
+    _broker_dir = DATA_DIR / "broker"
+    for _folder in ("queue", "processed"):
+        (_broker_dir / _folder).mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, Any] = {
+        "data_folder_in": str(_broker_dir / "queue"),
+        "data_folder_out": str(_broker_dir / "queue"),
+        "processed_folder": str(_broker_dir / "processed"),
+        "store_processed": False,
+    }
+else:
+    # `priority`: a free worker always takes from the first non-empty queue, in the order
+    # of CELERY_TASK_QUEUES (immediate, high, medium, low, ...).
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"queue_order_strategy": "priority", "visibility_timeout": 600}
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Above the longest batch (GMP_BATCH_SECONDS) plus one SMTP transaction at the largest timeout.
+CELERY_TASK_SOFT_TIME_LIMIT = GMP_BATCH_SECONDS + 660
+CELERY_TASK_TIME_LIMIT = GMP_BATCH_SECONDS + 720
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_CONNECTION_TIMEOUT = 3
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["tenants.auth.ApiTokenAuthentication"],

@@ -27,6 +27,7 @@ urlpatterns = [
     path("commands/cleanup-messages", queueing_api.CleanupMessagesView.as_view(), name="cleanup-messages"),
     path("commands/suspend", queueing_api.SuspendView.as_view(), name="suspend"),
     path("commands/activate", queueing_api.ActivateView.as_view(), name="activate"),
+    path("commands/run-now", queueing_api.RunNowView.as_view(), name="run-now"),
     path("messages", queueing_api.MessageListView.as_view(), name="messages"),
     path("messages/<path:message_id>", queueing_api.MessageDetailView.as_view(), name="message"),
     path("account", queueing_api.AccountSaveView.as_view(), name="account-save"),

@@ -19,7 +19,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from mailproxy.params import query_bool, query_float, query_int
-from queueing import selectors, services
+from queueing import dispatch, selectors, services
 from queueing.models import MessageEvent, Status
 from queueing.serializers import (
     AddMessagesInSerializer,
@@ -76,6 +76,7 @@ class AddMessagesView(APIView):
         result = services.enqueue_messages(
             scope=principal.tenant, payloads=messages, default_priority=default_priority
         )
+        dispatch.ring_after_commit(result.queued_accounts)
         return Response({
             "ok": result.queued > 0 or not result.rejected,
             "queued": result.queued,
@@ -224,3 +225,12 @@ class AccountDetailView(APIView):
         account = _account(request, account_id)
         failed = services.delete_account(account=account, force=query_bool(request, "force"))
         return Response({"ok": True, "failed_messages": failed})
+
+
+class RunNowView(APIView):
+    @extend_schema(request=None, responses=OpenApiTypes.OBJECT)
+    def post(self, request: Request) -> Response:
+        """Wake dispatch now: the admin for every tenant, a tenant for itself."""
+        principal = principal_of(request)
+        rung = dispatch.dispatch_due(tenant_id=None if principal.tenant is None else principal.tenant.id)
+        return Response({"ok": True, "accounts_rung": len(rung)})

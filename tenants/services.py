@@ -158,6 +158,8 @@ def save_account(*, tenant: Tenant, data: dict[str, Any]) -> AccountSaved:
             # New credentials deserve a new try: the failing mark was about the old ones.
             account.account_error = ""
             account.account_error_at = None
+            account.paused_until = None
+            account.backoff_seconds = 0
         if account.is_default:
             SmtpAccount.objects.filter(tenant=tenant, is_default=True).exclude(pk=account.pk).update(
                 is_default=False

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -11,6 +11,7 @@ from rest_framework.test import APIClient
 from tenants.models import SmtpAccount, Tenant
 from tenants.services import create_api_key
 from tests.factories import SmtpAccountFactory, TenantFactory
+from tests.smtp_sink import SmtpSink
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -99,3 +100,17 @@ def message(**overrides: Any) -> dict[str, Any]:
     }
     payload.update(overrides)
     return {key: value for key, value in payload.items() if value is not ...}
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[SmtpSink]:
+    """A real SMTP server on a free loopback port, scriptable per test."""
+    with SmtpSink() as sink:
+        yield sink
+
+
+@pytest.fixture
+def smtp_account(tenant: Tenant, smtp_server: SmtpSink) -> SmtpAccount:
+    """The tenant's default account, pointing at the test SMTP server (no TLS, no auth)."""
+    return SmtpAccountFactory(tenant=tenant, external_id="main", host=smtp_server.host, port=smtp_server.port,
+                              user="", password_encrypted="", security="none", timeout=5)

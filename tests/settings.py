@@ -12,7 +12,13 @@ os.environ.setdefault("MAIL_PROXY_ENCRYPTION_KEY", "dGVzdC1rZXktMDEyMzQ1Njc4OWFi
 os.environ.setdefault("GMP_API_TOKEN", "test-admin-token-0123456789abcdefghijklmnop")
 os.environ.setdefault("DJANGO_SECRET_KEY", "test-only-django-key-that-is-long-enough-for-the-checks")
 os.environ.setdefault("GMP_DATA_DIR", tempfile.mkdtemp(prefix="mail-proxy-test-"))
+if os.environ.get("DATABASE_URL", "").startswith("postgres"):
+    # The server run uses Redis (broker and limiter), on a database of its own so the suite
+    # never mixes its tasks and buckets with a development instance's. The SQLite run keeps
+    # the embedded defaults: filesystem broker, SQL limiter.
+    os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/13")
 
 from mailproxy.settings import *  # noqa: F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+LOGGING["loggers"]["mail.log"] = {"level": "WARNING"}  # aiosmtpd's per-command lines

@@ -1,0 +1,209 @@
+"""Sending: one account's due messages, over pooled connections, within the rate limits."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from django.conf import settings
+from django.db.models import F
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from delivery import smtp
+from delivery.mime import AttachmentError, build_envelope
+from queueing import dispatch, lifecycle
+from queueing.models import Message
+from queueing.ratelimit import Bucket, LimiterUnavailable, buckets_for, get_limiter
+from tenants.models import LimitBehavior, SmtpAccount
+
+logger = logging.getLogger(__name__)
+
+LIMITER_PAUSE_SECONDS = 5
+
+
+@dataclass
+class SendSummary:
+    claimed: int = 0
+    sent: int = 0
+    failed: int = 0
+    deferred: int = 0
+    released: int = 0
+
+
+def _back_off(account: SmtpAccount, error: str) -> datetime:
+    """Pause the whole account after a failed connection: 5 s, doubling up to 5 min.
+
+    Shared by every worker through the account row, so an outage costs one probe per
+    step however many workers and messages wait.
+    """
+    now = timezone.now()
+    step = settings.GMP_BACKOFF_MIN_SECONDS if not account.backoff_seconds else min(
+        account.backoff_seconds * 2, settings.GMP_BACKOFF_MAX_SECONDS)
+    paused_until = now + timedelta(seconds=step)
+    SmtpAccount.objects.filter(pk=account.pk).update(
+        paused_until=paused_until, backoff_seconds=step, unreachable_since=Coalesce(F("unreachable_since"), now),
+    )
+    logger.warning("smtp unreachable account=%s tenant=%s retry_in=%ss error=%s", account.external_id,
+                   account.tenant_id, step, error)
+    return paused_until
+
+
+def _auth_refused(account: SmtpAccount, error: str) -> datetime:
+    now = timezone.now()
+    paused_until = now + timedelta(seconds=settings.GMP_AUTH_RETRY_SECONDS)
+    SmtpAccount.objects.filter(pk=account.pk).update(account_error=f"authentication failed: {error}",
+                                                     account_error_at=now, paused_until=paused_until)
+    logger.error("smtp authentication refused account=%s tenant=%s error=%s", account.external_id,
+                 account.tenant_id, error)
+    return paused_until
+
+
+def _reachable_again(account: SmtpAccount) -> None:
+    if account.unreachable_since or account.backoff_seconds or account.paused_until:
+        SmtpAccount.objects.filter(pk=account.pk).update(unreachable_since=None, backoff_seconds=0, paused_until=None)
+        logger.info("smtp reachable again account=%s tenant=%s", account.external_id, account.tenant_id)
+
+
+def _lease_seconds(account: SmtpAccount) -> int:
+    # Covers the batch's time budget plus one transaction that starts at its very end.
+    return settings.GMP_BATCH_SECONDS + 3 * account.timeout + 30
+
+
+def send_due(*, account_pk: int) -> SendSummary:
+    """Send the due messages of one account, one batch; safe to run twice at once.
+
+    A second run claims other messages or none (SKIP LOCKED, leases): no message is sent
+    twice. What this run could not send for reasons of the account (server unreachable,
+    credentials, rate limit, time budget) goes back to the queue without using attempts.
+    """
+    summary = SendSummary()
+    account = SmtpAccount.objects.select_related("tenant").filter(pk=account_pk).first()
+    if account is None:
+        return summary
+    SmtpAccount.objects.filter(pk=account.pk).update(ring_until=None)  # the doorbell was answered
+    now = timezone.now()
+    if (account.paused_until and account.paused_until > now) or not account.tenant.active:
+        return summary
+    claim = lifecycle.claim_due(account=account, limit=account.batch_size, lease_seconds=_lease_seconds(account))
+    summary.claimed = len(claim.message_ids)
+    if not claim.message_ids:
+        return summary
+    messages = lifecycle.claimed_messages(claim)
+    buckets = buckets_for(account, account.tenant)
+    deadline = time.monotonic() + settings.GMP_BATCH_SECONDS
+    pooled: smtp._Pooled | None = None
+    try:
+        for index, message in enumerate(messages):
+            rest = [m.pk for m in messages[index:]]
+            if time.monotonic() > deadline:
+                summary.released += lifecycle.release(claim=claim, message_ids=rest)
+                break
+            if buckets:
+                verdict = _take_token(account, buckets, message, claim, rest, summary)
+                if verdict == "stop":
+                    break
+                if verdict == "skip":
+                    continue
+            try:
+                envelope = build_envelope(message, recipients=message.pending_recipients)
+            except AttachmentError as exc:
+                lifecycle.record_failure(claim=claim, message=message, permanent=exc.permanent, error=str(exc))
+                summary.failed += 1
+                continue
+            if pooled is None:
+                try:
+                    pooled = smtp.pool.acquire(account)
+                except smtp.Unreachable as exc:
+                    _handle_unreachable(account, claim, messages[index:], str(exc), summary)
+                    break
+                except smtp.AuthRefused as exc:
+                    until = _auth_refused(account, str(exc))
+                    summary.released += lifecycle.release(claim=claim, message_ids=rest, next_attempt_at=until,
+                                                          reason="auth", error=str(exc))
+                    break
+                _reachable_again(account)
+            try:
+                outcome = smtp.transact(pooled.client, envelope)
+            except smtp.AuthRefused as exc:  # 530 at MAIL: the server wants credentials
+                smtp.pool.release(account, pooled, broken=True)
+                pooled = None
+                until = _auth_refused(account, str(exc))
+                summary.released += lifecycle.release(claim=claim, message_ids=rest, next_attempt_at=until,
+                                                      reason="auth", error=str(exc))
+                break
+            if outcome.broken:
+                smtp.pool.release(account, pooled, broken=True)
+                pooled = None
+            _record(claim, message, outcome, summary)
+    finally:
+        if pooled is not None:
+            smtp.pool.release(account, pooled)
+    if summary.claimed >= account.batch_size or summary.released:
+        # More may be waiting: hand the account to the back of the queue (fair to others).
+        dispatch.ring(dispatch.due_accounts_of(account.pk))
+    logger.info("batch done account=%s tenant=%s claimed=%d sent=%d failed=%d deferred=%d released=%d",
+                account.external_id, account.tenant_id, summary.claimed, summary.sent, summary.failed,
+                summary.deferred, summary.released)
+    return summary
+
+
+def _take_token(account: SmtpAccount, buckets: list[Bucket], message: Message, claim: lifecycle.Claim,
+                rest: list[int], summary: SendSummary) -> str:
+    """"go" with a token taken, "skip" when the message failed, "stop" when the batch waits."""
+    try:
+        decision = get_limiter().acquire(buckets, member=f"{message.pk}:{message.attempts}")
+    except LimiterUnavailable as exc:
+        # Without the shared counters no worker may decide alone: wait, drop nothing.
+        logger.warning("rate limiter unavailable account=%s error=%s", account.external_id, exc)
+        summary.released += lifecycle.release(
+            claim=claim, message_ids=rest, next_attempt_at=timezone.now() + timedelta(seconds=LIMITER_PAUSE_SECONDS))
+        return "stop"
+    if decision.allowed:
+        return "go"
+    if account.limit_behavior == LimitBehavior.REJECT:
+        lifecycle.record_failure(claim=claim, message=message, permanent=True, error="rate limit exceeded")
+        summary.failed += 1
+        return "skip"
+    retry_at = datetime.fromtimestamp(decision.retry_at or time.time() + 1, tz=UTC)
+    summary.released += lifecycle.release(claim=claim, message_ids=rest, next_attempt_at=retry_at,
+                                          reason="rate_limit")
+    return "stop"
+
+
+def _handle_unreachable(account: SmtpAccount, claim: lifecycle.Claim, waiting: list[Message], error: str,
+                        summary: SendSummary) -> None:
+    until = _back_off(account, error)
+    refreshed = SmtpAccount.objects.only("unreachable_since").get(pk=account.pk)
+    since = refreshed.unreachable_since or timezone.now()
+    failed = lifecycle.fail_unreachable_too_long(claim=claim, messages=waiting, since=since)
+    summary.failed += len(failed)
+    summary.released += lifecycle.release(claim=claim, message_ids=[m.pk for m in waiting if m.pk not in failed],
+                                          next_attempt_at=until, reason="unreachable", error=error)
+
+
+def _record(claim: lifecycle.Claim, message: Message, outcome: smtp.Outcome, summary: SendSummary) -> None:
+    if outcome.kind == "sent":
+        lifecycle.record_sent(claim=claim, message=message, refused=outcome.refused, pending=outcome.pending,
+                              smtp_code=outcome.code or 250)
+        summary.sent += 1
+    elif outcome.kind == "unknown":
+        if message.possible_duplicate:
+            lifecycle.record_failure(claim=claim, message=message, permanent=True, possible_duplicate=True,
+                                     error=f"outcome unknown twice: {outcome.error}")
+            summary.failed += 1
+        else:
+            # Tried once more, flagged: a second copy is possible, a lost message is not.
+            lifecycle.record_failure(claim=claim, message=message, permanent=False, possible_duplicate=True,
+                                     error=outcome.error)
+            summary.deferred += 1
+    else:
+        permanent = outcome.kind == "permanent"
+        lifecycle.record_failure(claim=claim, message=message, permanent=permanent, error=outcome.error,
+                                 smtp_code=outcome.code, refused=[*message.refused, *outcome.refused])
+        if permanent:
+            summary.failed += 1
+        else:
+            summary.deferred += 1

@@ -1,0 +1,102 @@
+"""The doorbell: find accounts with due work and hand each one send task.
+
+Cheap and idempotent. It runs from beat every GMP_SEND_INTERVAL_SECONDS, right after
+an immediate message is committed, and on run-now. `ring_until` on the account row
+keeps a queued task from being doubled by the next sweep; it expires by itself, so a
+task lost with the broker is rung again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from datetime import timedelta
+
+from celery import current_app
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Min, Q
+from django.db.models.functions import Now
+from django.utils import timezone
+
+from queueing import lifecycle
+from queueing.models import Priority
+from tenants.models import SmtpAccount
+
+logger = logging.getLogger(__name__)
+
+SEND_TASK = "delivery.send_batch"
+QUEUE_OF_PRIORITY = {Priority.IMMEDIATE: "immediate", Priority.HIGH: "high", Priority.MEDIUM: "medium",
+                     Priority.LOW: "low"}
+
+
+def due_accounts(*, tenant_id: str | None = None) -> dict[int, int]:
+    """Accounts with due messages and the best priority waiting on each, skipping paused ones."""
+    rows = lifecycle.due_messages().filter(
+        Q(account__paused_until__isnull=True) | Q(account__paused_until__lte=Now())
+    )
+    if tenant_id is not None:
+        rows = rows.filter(tenant_id=tenant_id)
+    return {
+        account_id: best
+        for account_id, best in rows.order_by().values("account_id").annotate(best=Min("priority"))
+        .values_list("account_id", "best")
+        if account_id is not None
+    }
+
+
+def due_accounts_of(account_pk: int) -> dict[int, int]:
+    """The account with the best priority it has waiting, if it has due work."""
+    best = lifecycle.due_messages(account_pk=account_pk).order_by("priority").values_list("priority", flat=True)
+    first = best.first()
+    return {} if first is None else {account_pk: first}
+
+
+def ring(accounts: dict[int, int], *, force: bool = False) -> list[int]:
+    """Enqueue one send task per account not rung already; the accounts rung.
+
+    The conditional UPDATE is the claim on ringing: of several dispatchers (two beats,
+    a sweep and a doorbell at once) only one enqueues the task.
+    """
+    if not accounts:
+        return []
+    now = timezone.now()
+    with transaction.atomic():
+        candidates = SmtpAccount.objects.filter(pk__in=list(accounts))
+        if not force:
+            candidates = candidates.filter(Q(ring_until__isnull=True) | Q(ring_until__lte=now))
+        rung = list(candidates.select_for_update(skip_locked=True).values_list("id", flat=True))
+        SmtpAccount.objects.filter(pk__in=rung).update(ring_until=now + timedelta(seconds=settings.GMP_RING_SECONDS))
+    for account_pk in rung:
+        queue = QUEUE_OF_PRIORITY[Priority(accounts[account_pk])]
+        current_app.send_task(SEND_TASK, args=[account_pk], queue=queue, retry=False)
+    return rung
+
+
+def dispatch_due(*, tenant_id: str | None = None) -> list[int]:
+    """One sweep: reclaim dead workers' leases, expire overdue mail, ring accounts with due work."""
+    lifecycle.reclaim_expired_leases()
+    lifecycle.expire_overdue()
+    return ring(due_accounts(tenant_id=tenant_id))
+
+
+def ring_after_commit(accounts: Iterable[tuple[int, int]]) -> None:
+    """Ring accounts of freshly committed immediate messages, without waiting for the sweep.
+
+    Runs after the answer's data is durable. A broker that does not answer costs only the
+    sweep's delay (at most GMP_SEND_INTERVAL_SECONDS): the request still succeeds.
+    """
+    best: dict[int, int] = {}
+    for account_pk, priority in accounts:
+        if priority == Priority.IMMEDIATE:
+            best[account_pk] = priority
+    if not best:
+        return
+
+    def doorbell() -> None:
+        try:
+            ring(best)
+        except Exception:  # noqa: BLE001 (the sweep re-rings; the API must not fail on a doorbell)
+            logger.warning("doorbell failed; the sweep will pick the messages up", exc_info=True)
+
+    transaction.on_commit(doorbell)

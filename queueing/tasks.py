@@ -1,0 +1,11 @@
+from __future__ import annotations
+
+from celery import shared_task
+
+from queueing import dispatch
+
+
+@shared_task(name="queueing.dispatch", ignore_result=True)
+def dispatch_sweep(tenant_id: str | None = None) -> None:
+    """Ring every account with due work; run by beat, safe to run any number of times."""
+    dispatch.dispatch_due(tenant_id=tenant_id)

@@ -1,0 +1,422 @@
+"""Sending one account's due messages to a real SMTP server on loopback."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.test import override_settings
+from django.utils import timezone
+
+from delivery import services, smtp
+from queueing.models import EventType, Message, MessageEvent, Status
+from queueing.services import enqueue_messages
+from tenants import crypto
+from tenants.models import SmtpAccount, Tenant
+from tenants.services import save_account
+from tests.conftest import message
+from tests.smtp_sink import SmtpSink
+
+pytestmark = pytest.mark.django_db
+
+FAST_RETRIES = override_settings(GMP_RETRY_DELAYS=[0], GMP_MAX_RETRIES=3)
+
+
+def enqueue(tenant: Tenant, *payloads: dict[str, Any]) -> None:
+    result = enqueue_messages(scope=tenant, payloads=list(payloads))
+    assert not result.rejected, result.rejected
+
+
+def send(account: SmtpAccount) -> services.SendSummary:
+    return services.send_due(account_pk=account.pk)
+
+
+def row(external_id: str) -> Message:
+    return Message.objects.get(external_id=external_id)
+
+
+def events(external_id: str) -> list[str]:
+    return list(MessageEvent.objects.filter(external_id=external_id).order_by("id")
+                .values_list("event_type", flat=True))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_pool() -> Any:
+    smtp.pool.close_all()
+    yield
+    smtp.pool.close_all()
+
+
+def test_message_is_delivered_with_the_proxy_headers(
+    tenant: Tenant, smtp_account: SmtpAccount, smtp_server: SmtpSink
+) -> None:
+    enqueue(tenant, message(id="m1", to=["a@example.com"], cc=["c@example.com"], bcc=["hidden@example.com"],
+                            subject="Grüße", reply_to="reply@example.com", headers={"X-Campaign": "spring"}))
+    summary = send(smtp_account)
+    assert (summary.claimed, summary.sent) == (1, 1)
+    received = smtp_server.wait_for(1)[0]
+    stored = row("m1")
+    mail = received.message
+    assert received.mail_from == "sender@example.com"
+    assert sorted(received.rcpt_tos) == ["a@example.com", "c@example.com", "hidden@example.com"]
+    assert mail["X-Mail-Proxy-ID"] == mail["X-Genro-Mail-ID"] == str(stored.pk)
+    assert mail["Message-ID"] == stored.message_id
+    assert mail["Subject"] == "Grüße"
+    assert mail["Bcc"] is None
+    assert b"hidden@example.com" not in received.data
+    assert mail["Date"] is not None
+    assert mail["X-Campaign"] == "spring"
+    assert mail.get_content().strip() == "Hi there"
+    assert stored.status == Status.SENT
+    assert stored.sent_at is not None
+    assert stored.attempts == 1
+    assert events("m1") == [EventType.SENT]
+    assert MessageEvent.objects.get(external_id="m1").details["sent_ts"] == pytest.approx(
+        stored.sent_at.timestamp())
+
+
+def test_text_and_html_go_as_multipart_alternative(
+    tenant: Tenant, smtp_account: SmtpAccount, smtp_server: SmtpSink
+) -> None:
+    enqueue(tenant, message(id="alt", body=..., body_text="plain words", body_html="<p>html words</p>"))
+    send(smtp_account)
+    mail = smtp_server.wait_for(1)[0].message
+    assert mail.get_content_type() == "multipart/alternative"
+    parts = {part.get_content_type(): part.get_content() for part in mail.iter_parts()}
+    assert parts["text/plain"].strip() == "plain words"
+    assert parts["text/html"].strip() == "<p>html words</p>"
+
+
+def test_return_path_is_the_envelope_sender(tenant: Tenant, smtp_account: SmtpAccount, smtp_server: SmtpSink) -> None:
+    enqueue(tenant, message(id="rp", return_path="bounces@example.com"))
+    send(smtp_account)
+    assert smtp_server.wait_for(1)[0].mail_from == "bounces@example.com"
+
+
+def test_base64_attachment_is_attached(tenant: Tenant, smtp_account: SmtpAccount, smtp_server: SmtpSink) -> None:
+    enqueue(tenant, message(id="att", attachments=[{"filename": "résumé.txt", "storage_path": "base64:SGVsbG8="}]))
+    send(smtp_account)
+    mail = smtp_server.wait_for(1)[0].message
+    attachment = next(mail.iter_attachments())
+    assert attachment.get_filename() == "résumé.txt"
+    assert attachment.get_content() == "Hello"
+
+
+def test_priority_first_then_fifo(tenant: Tenant, smtp_account: SmtpAccount, smtp_server: SmtpSink) -> None:
+    enqueue(tenant, message(id="low-1", priority=3), message(id="med-1"), message(id="imm-1", priority=0),
+            message(id="low-2", priority=3), message(id="high-1", priority=1), message(id="imm-2", priority=0))
+    send(smtp_account)
+    order = [Message.objects.get(message_id=r.message_id).external_id for r in smtp_server.wait_for(6)]
+    assert order == ["imm-1", "imm-2", "high-1", "med-1", "low-1", "low-2"]
+
+
+def test_deferred_message_waits_for_its_time(tenant: Tenant, smtp_account: SmtpAccount, smtp_server: SmtpSink) -> None:
+    enqueue(tenant, message(id="later", deferred_ts=time.time() + 3600), message(id="now"))
+    send(smtp_account)
+    assert len(smtp_server.wait_for(1)) == 1
+    assert (row("later").status, row("now").status) == (Status.QUEUED, Status.SENT)
+    Message.objects.filter(external_id="later").update(next_attempt_at=timezone.now())
+    send(smtp_account)
+    assert len(smtp_server.wait_for(2)) == 2
+
+
+@FAST_RETRIES
+def test_451_once_then_delivered(tenant: Tenant, smtp_account: SmtpAccount, smtp_server: SmtpSink) -> None:
+    smtp_server.on_rcpt("rcpt@example.com", 451, "4.3.0 try later", times=1)
+    enqueue(tenant, message(id="m"))
+    send(smtp_account)
+    stored = row("m")
+    assert (stored.status, stored.attempts, stored.smtp_code) == (Status.DEFERRED, 1, 451)
+    send(smtp_account)
+    assert len(smtp_server.wait_for(1)) == 1
+    assert row("m").status == Status.SENT
+    assert events("m") == [EventType.DEFERRED, EventType.SENT]
+    deferred = MessageEvent.objects.filter(external_id="m", event_type=EventType.DEFERRED).get()
+    assert deferred.details["deferred_reason"] == "smtp"
+    assert deferred.details["attempts"] == 1
+
+
+def test_550_fails_after_one_attempt(tenant: Tenant, smtp_account: SmtpAccount, smtp_server: SmtpSink) -> None:
+    smtp_server.on_rcpt("rcpt@example.com", 550, "5.1.1 no such user")
+    enqueue(tenant, message(id="m"))
+    send(smtp_account)
+    stored = row("m")
+    assert (stored.status, stored.attempts, stored.smtp_code) == (Status.ERROR, 1, 550)
+    assert "no such user" in stored.last_error
+    error = MessageEvent.objects.get(external_id="m")
+    assert (error.event_type, error.details["smtp_code"]) == (EventType.ERROR, 550)
+    assert smtp_server.messages == []
+
+
+@pytest.mark.parametrize(("stage", "code"), [("mail", 553), ("data", 554), ("data", 552)])
+def test_5xx_at_other_stages_is_permanent(
+    tenant: Tenant, smtp_account: SmtpAccount, smtp_server: SmtpSink, stage: str, code: int
+) -> None:
+    getattr(smtp_server, f"on_{stage}")(code, "5.0.0 no")
+    enqueue(tenant, message(id="m"))
+    send(smtp_account)
+    assert (row("m").status, row("m").smtp_code, row("m").attempts) == (Status.ERROR, code, 1)
+
+
+@FAST_RETRIES
+def test_temporary_forever_is_retried_exactly_max_retries_then_fails(
+    tenant: Tenant, smtp_account: SmtpAccount, smtp_server: SmtpSink
+) -> None:
+    smtp_server.on_mail(451, "4.7.1 greylisted")
+    enqueue(tenant, message(id="m"))
+    for _ in range(10):
+        send(smtp_account)
+    stored = row("m")
+    assert stored.status == Status.ERROR
+    assert stored.attempts == 4  # the first attempt and GMP_MAX_RETRIES=3 retries
+    assert stored.last_error.startswith("retries exhausted after 4 attempts: 451")
+    assert events("m") == [EventType.DEFERRED] * 3 + [EventType.ERROR]
+
+
+def test_retry_delay_follows_the_schedule_with_jitter(
+    tenant: Tenant, smtp_account: SmtpAccount, smtp_server: SmtpSink
+) -> None:
+    smtp_server.on_mail(451, "4.7.1 later")
+    enqueue(tenant, message(id="m"))
+    with override_settings(GMP_RETRY_DELAYS=[100, 1000]):
+        before = timezone.now()
+        send(smtp_account)
+    delay = (row("m").next_attempt_at - before).total_seconds()
+    assert 90 - 1 <= delay <= 110 + 1
+
+
+def test_partial_refusal_is_sent_with_the_refused_listed(
+    tenant: Tenant, smtp_account: SmtpAccount, smtp_server: SmtpSink
+) -> None:
+    smtp_server.on_rcpt("gone@example.com", 550, "5.1.1 unknown")
+    enqueue(tenant, message(id="m", to=["ok@example.com", "gone@example.com"]))
+    send(smtp_account)
+    received = smtp_server.wait_for(1)[0]
+    assert received.rcpt_tos == ("ok@example.com",)
+    stored = row("m")
+    assert stored.status == Status.SENT
+    sent = MessageEvent.objects.get(external_id="m", event_type=EventType.SENT)
+    assert sent.details["refused"] == [
+        {"recipient": "gone@example.com", "code": 550, "reason": "550 5.1.1 unknown"}
+    ]
+
+
+@FAST_RETRIES
+def test_recipient_deferred_with_4xx_is_retried_alone(
+    tenant: Tenant, smtp_account: SmtpAccount, smtp_server: SmtpSink
+) -> None:
+    smtp_server.on_rcpt("slow@example.com", 452, "4.2.2 mailbox busy", times=1)
+    enqueue(tenant, message(id="m", to=["ok@example.com", "slow@example.com"]))
+    send(smtp_account)
+    assert row("m").status == Status.DEFERRED
+    assert row("m").pending_recipients == ["slow@example.com"]
+    send(smtp_account)
+    copies = smtp_server.wait_for(2)
+    assert [c.rcpt_tos for c in copies] == [("ok@example.com",), ("slow@example.com",)]
+    assert row("m").status == Status.SENT
+    assert events("m") == [EventType.DEFERRED, EventType.SENT]
+
+
+def test_auth_failure_pauses_the_account_and_mail_goes_once_fixed(
+    tenant: Tenant, smtp_server: SmtpSink
+) -> None:
+    smtp_server.auth("mailer", "right")
+    account = save_account(tenant=tenant, data={
+        "id": "main", "host": smtp_server.host, "port": smtp_server.port, "security": "none", "user": "mailer",
+        "password": "wrong", "is_default": True,
+    }).account
+    enqueue(tenant, message(id="m"))
+    send(account)
+    account.refresh_from_db()
+    assert account.account_error.startswith("authentication failed: 535")
+    assert account.paused_until is not None
+    stored = row("m")
+    assert (stored.status, stored.attempts) == (Status.DEFERRED, 0)
+    assert MessageEvent.objects.get(external_id="m").details["deferred_reason"] == "auth"
+    assert send(account).claimed == 0  # paused: no new attempt with the same credentials
+
+    save_account(tenant=tenant, data={"id": "main", "host": smtp_server.host, "password": "right"})
+    account.refresh_from_db()
+    assert (account.account_error, account.paused_until) == ("", None)
+    Message.objects.filter(external_id="m").update(next_attempt_at=timezone.now())
+    send(account)
+    assert len(smtp_server.wait_for(1)) == 1
+    assert row("m").status == Status.SENT
+    assert crypto.decrypt(account.password_encrypted) == "right"
+
+
+def test_unreachable_server_backs_off_the_account_without_using_attempts(
+    tenant: Tenant, smtp_account: SmtpAccount, smtp_server: SmtpSink
+) -> None:
+    smtp_server.stop()
+    enqueue(tenant, message(id="a"), message(id="b"))
+    send(smtp_account)
+    smtp_account.refresh_from_db()
+    assert smtp_account.unreachable_since is not None
+    assert smtp_account.backoff_seconds == 5
+    assert smtp_account.paused_until > timezone.now()
+    assert [(m.status, m.attempts) for m in Message.objects.order_by("id")] == [(Status.DEFERRED, 0)] * 2
+    assert send(smtp_account).claimed == 0  # nobody probes before the backoff is over
+
+    SmtpAccount.objects.filter(pk=smtp_account.pk).update(paused_until=timezone.now())
+    Message.objects.update(next_attempt_at=timezone.now())
+    send(smtp_account)
+    smtp_account.refresh_from_db()
+    assert smtp_account.backoff_seconds == 10  # doubled
+    assert MessageEvent.objects.filter(event_type=EventType.DEFERRED).count() == 2  # one per message, not per probe
+
+    smtp_server.start()
+    SmtpAccount.objects.filter(pk=smtp_account.pk).update(paused_until=timezone.now())
+    Message.objects.update(next_attempt_at=timezone.now())
+    send(smtp_account)
+    assert len(smtp_server.wait_for(2)) == 2
+    smtp_account.refresh_from_db()
+    assert (smtp_account.unreachable_since, smtp_account.backoff_seconds) == (None, 0)
+
+
+def test_unreachable_beyond_the_queue_lifetime_fails(
+    tenant: Tenant, smtp_account: SmtpAccount, smtp_server: SmtpSink
+) -> None:
+    smtp_server.stop()
+    enqueue(tenant, message(id="old"))
+    Message.objects.update(created_at=timezone.now() - timedelta(days=6))
+    send(smtp_account)
+    stored = row("old")
+    assert stored.status == Status.ERROR
+    assert stored.last_error.startswith("server unreachable since ")
+
+
+@FAST_RETRIES
+@pytest.mark.parametrize("stage", ["after_data", "data"])
+def test_connection_cut_after_the_final_dot_is_retried_once_flagged(
+    tenant: Tenant, smtp_account: SmtpAccount, smtp_server: SmtpSink, stage: str
+) -> None:
+    # Whether the server kept the copy ("after_data") or not ("data"), the client cannot tell.
+    smtp_server.drop(stage, times=1)
+    enqueue(tenant, message(id="m"))
+    send(smtp_account)
+    stored = row("m")
+    assert (stored.status, stored.possible_duplicate) == (Status.DEFERRED, True)
+    send(smtp_account)
+    copies = smtp_server.wait_for(2 if stage == "after_data" else 1)
+    assert {copy.message_id for copy in copies} == {stored.message_id}
+    sent = MessageEvent.objects.get(external_id="m", event_type=EventType.SENT)
+    assert sent.details["possible_duplicate"] is True
+
+
+@FAST_RETRIES
+def test_connection_cut_before_the_data_went_is_a_plain_retry(
+    tenant: Tenant, smtp_account: SmtpAccount, smtp_server: SmtpSink
+) -> None:
+    smtp_server.drop("mail", times=1)
+    enqueue(tenant, message(id="m"))
+    send(smtp_account)
+    assert (row("m").status, row("m").possible_duplicate) == (Status.DEFERRED, False)
+    send(smtp_account)
+    assert len(smtp_server.wait_for(1)) == 1
+    assert row("m").status == Status.SENT
+
+
+@FAST_RETRIES
+def test_server_hanging_at_mail_times_out_and_is_retried(
+    tenant: Tenant, smtp_account: SmtpAccount, smtp_server: SmtpSink
+) -> None:
+    SmtpAccount.objects.filter(pk=smtp_account.pk).update(timeout=1)
+    smtp_server.hang("mail", 3, times=1)
+    enqueue(tenant, message(id="m"))
+    started = time.monotonic()
+    send(smtp_account)
+    assert time.monotonic() - started < 2.5
+    assert row("m").status == Status.DEFERRED
+    send(smtp_account)
+    assert row("m").status == Status.SENT
+
+
+def test_connections_are_reused_across_messages(
+    tenant: Tenant, smtp_account: SmtpAccount, smtp_server: SmtpSink
+) -> None:
+    enqueue(tenant, *[message(id=f"m{i}") for i in range(30)])
+    send(smtp_account)
+    enqueue(tenant, *[message(id=f"n{i}") for i in range(30)])
+    send(smtp_account)
+    assert len(smtp_server.wait_for(60)) == 60
+    assert smtp_server.connections == 1
+
+
+def test_batch_size_bounds_one_run(tenant: Tenant, smtp_account: SmtpAccount, smtp_server: SmtpSink) -> None:
+    SmtpAccount.objects.filter(pk=smtp_account.pk).update(batch_size=3)
+    enqueue(tenant, *[message(id=f"m{i}") for i in range(5)])
+    assert send(smtp_account).sent == 3
+    assert send(smtp_account).sent == 2
+
+
+def test_running_the_same_send_twice_sends_once(
+    tenant: Tenant, smtp_account: SmtpAccount, smtp_server: SmtpSink
+) -> None:
+    enqueue(tenant, message(id="once"))
+    send(smtp_account)
+    send(smtp_account)
+    assert len(smtp_server.messages) == 1
+
+
+def test_suspended_tenant_and_batch_are_held_then_released(
+    tenant: Tenant, smtp_account: SmtpAccount, smtp_server: SmtpSink
+) -> None:
+    from queueing.services import activate_sending, suspend_sending
+
+    enqueue(tenant, message(id="camp", batch_code="promo"), message(id="plain"))
+    suspend_sending(tenant=tenant, batch_code="promo")
+    send(smtp_account)
+    assert [r.message.get("Subject") for r in smtp_server.wait_for(1)] == ["Hello"]
+    assert row("camp").status == Status.HELD
+    suspend_sending(tenant=tenant)
+    tenant.refresh_from_db()
+    enqueue(tenant, message(id="later"))
+    send(smtp_account)
+    assert len(smtp_server.messages) == 1
+    activate_sending(tenant=tenant)
+    send(smtp_account)
+    assert len(smtp_server.messages) == 2  # "later"; the batch stays held
+    activate_sending(tenant=tenant, batch_code="promo")
+    send(smtp_account)
+    assert len(smtp_server.wait_for(3)) == 3
+
+
+def test_inactive_tenant_sends_nothing(tenant: Tenant, smtp_account: SmtpAccount, smtp_server: SmtpSink) -> None:
+    enqueue(tenant, message(id="m"))
+    Tenant.objects.filter(pk=tenant.pk).update(active=False)
+    send(smtp_account)
+    assert smtp_server.messages == []
+    assert row("m").status == Status.QUEUED
+
+
+def test_expired_message_is_not_sent(tenant: Tenant, smtp_account: SmtpAccount, smtp_server: SmtpSink) -> None:
+    from queueing import lifecycle
+
+    enqueue(tenant, message(id="m", expires_ts=time.time() + 60))
+    Message.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
+    send(smtp_account)
+    assert smtp_server.messages == []
+    assert lifecycle.expire_overdue() == 1
+    assert row("m").status == Status.EXPIRED
+    assert events("m") == [EventType.EXPIRED]
+
+
+def test_dead_workers_lease_is_reclaimed_and_flagged(
+    tenant: Tenant, smtp_account: SmtpAccount, smtp_server: SmtpSink
+) -> None:
+    from queueing import lifecycle
+
+    enqueue(tenant, message(id="m"))
+    claim = lifecycle.claim_due(account=smtp_account, limit=10, lease_seconds=60)
+    assert claim.message_ids
+    assert send(smtp_account).claimed == 0  # leased to the (dead) worker
+    Message.objects.update(lease_until=timezone.now() - timedelta(seconds=1))
+    assert lifecycle.reclaim_expired_leases() == 1
+    send(smtp_account)
+    assert len(smtp_server.wait_for(1)) == 1
+    assert MessageEvent.objects.get(external_id="m").details["possible_duplicate"] is True
+    # the dead worker's late write cannot change anything any more
+    assert lifecycle.record_sent(claim=claim, message=row("m"), refused=[]) is False
