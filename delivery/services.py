@@ -69,7 +69,7 @@ def _reachable_again(account: SmtpAccount) -> None:
 
 def _lease_seconds(account: SmtpAccount) -> int:
     # Covers the batch's time budget plus one transaction that starts at its very end.
-    return settings.GMP_BATCH_SECONDS + 3 * account.timeout + 30
+    return settings.GMP_BATCH_SECONDS + 2 * account.timeout + 10
 
 
 def send_due(*, account_pk: int) -> SendSummary:

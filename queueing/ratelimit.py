@@ -247,7 +247,6 @@ class RedisLimiter:
         pipe.execute()
 
 
-
 def _recorded_sends(bucket: Bucket) -> list[tuple[str, float]]:
     """The bucket's newest sends recorded within its window, as (member, unix time)."""
     if bucket.account_pk is not None:

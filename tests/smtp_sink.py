@@ -149,7 +149,7 @@ class _SinkSMTP(SMTP):
         if rule := script.take("hang", "banner"):
             await asyncio.sleep(rule.seconds)
         if script.take("drop", "banner"):
-            await drop_connection(self)
+            await _drop_connection(self)
         await super()._handle_client()
 
     async def check_auth_needed(self, caller_method: str) -> bool:
@@ -161,7 +161,7 @@ class _SinkSMTP(SMTP):
         return False
 
 
-async def drop_connection(server: SMTP, *, graceful: bool = False) -> NoReturn:
+async def _drop_connection(server: SMTP, *, graceful: bool = False) -> NoReturn:
     """Close the client connection without a reply and end the session.
 
     ``abort()`` discards anything still buffered, so whatever aiosmtpd would push next is never
@@ -189,7 +189,7 @@ class _Handler:
         if rule := self.script.take("hang", stage):
             await asyncio.sleep(rule.seconds)
         if self.script.take("drop", stage):
-            await drop_connection(server)
+            await _drop_connection(server)
 
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]
@@ -220,7 +220,7 @@ class _Handler:
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         if self.script.take("drop", "data"):
-            await drop_connection(server)
+            await _drop_connection(server)
         rule = self.script.take("data")
         reply = rule.reply if rule else "250 2.0.0 OK: queued"
         if rule is None or 200 <= rule.code < 300:
@@ -228,10 +228,10 @@ class _Handler:
         if hang := self.script.take("hang", "data"):
             await asyncio.sleep(hang.seconds)
         if self.script.take("drop", "after_data"):
-            await drop_connection(server)
+            await _drop_connection(server)
         if self.script.take("drop", "after_reply"):
             await server.push(reply)
-            await drop_connection(server, graceful=True)
+            await _drop_connection(server, graceful=True)
         return reply
 
 
