@@ -30,8 +30,8 @@ def running_instance(tmp_path: Path) -> Iterator[tuple[str, str]]:
     # Nothing of the test settings leaks in: the instance starts from an empty environment.
     environment = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "GMP_DATA_DIR": str(tmp_path / "data")}
     with log.open("w") as output:
-        process = subprocess.Popen(  # noqa: S603
-            ["make", "--no-print-directory", "run", f"PORT={port}"], cwd=ROOT, env=environment,  # noqa: S607
+        process = subprocess.Popen(
+            ["make", "--no-print-directory", "run", f"PORT={port}"], cwd=ROOT, env=environment,
             stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
         )
     url = f"http://127.0.0.1:{port}"

@@ -70,7 +70,7 @@ def test_check_passes_with_real_secrets() -> None:
 
 def _run_check(extra_env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
     environment = {"PATH": "/usr/bin:/bin", "GMP_DATA_DIR": str(tmp_path), **extra_env}
-    return subprocess.run(  # noqa: S603
+    return subprocess.run(
         [sys.executable, "manage.py", "check"], cwd=ROOT, env=environment, capture_output=True, text=True,
         timeout=60, check=False,
     )

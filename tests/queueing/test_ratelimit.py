@@ -276,7 +276,7 @@ print(sum(limiter.acquire([bucket], member=name).allowed for _ in range(20)), fl
 def test_limit_holds_across_processes(store: redis.Redis) -> None:
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"}
     children = [
-        subprocess.Popen(  # noqa: S603
+        subprocess.Popen(
             [sys.executable, "-c", CHILD, REDIS_TEST_URL, f"p{index}"],
             cwd=PROJECT_DIR, env=env, text=True,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
