@@ -23,11 +23,9 @@ $(BIN)/.installed-dev: requirements/dev.txt requirements/base.txt $(BIN)/.instal
 install: $(BIN)/.installed
 install-dev: $(BIN)/.installed-dev
 
-## run: install, migrate and serve the API on the embedded defaults (SQLite in ./var)
+## run: install, migrate and run the embedded instance (API + worker + beat, SQLite in ./var)
 run: install
-	$(BIN)/python manage.py migrate --no-input -v 0
-	$(BIN)/python manage.py welcome --host $(HOST) --port $(PORT)
-	$(BIN)/python manage.py runserver $(HOST):$(PORT) --noreload
+	$(BIN)/python manage.py serve --host $(HOST) --port $(PORT)
 
 ## test: the whole suite on PostgreSQL, then on SQLite
 test: install-dev test-postgres test-sqlite

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 
 from celery import Celery
-from kombu import Queue
+from kombu import Exchange, Queue
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mailproxy.settings")
 
@@ -21,7 +21,10 @@ OTHER_QUEUES = ("reports", "imap", "maintenance")
 
 app = Celery("mailproxy")
 app.config_from_object("django.conf:settings", namespace="CELERY")
-app.conf.task_queues = [Queue(name) for name in (*SEND_QUEUES, *OTHER_QUEUES)]
+# Each queue its own direct exchange and routing key: a task sent to one queue lands in
+# that queue only (with Celery's defaults every queue would share the default binding).
+app.conf.task_queues = [Queue(name, Exchange(name, type="direct"), routing_key=name)
+                        for name in (*SEND_QUEUES, *OTHER_QUEUES)]
 app.conf.task_default_queue = "medium"
 app.conf.task_routes = {"queueing.dispatch": {"queue": "immediate"}}
 app.autodiscover_tasks()

@@ -70,6 +70,7 @@ INSTALLED_APPS = [
     "delivery",
     "bounces",
     "pec",
+    "mailproxy",
 ]
 
 MIDDLEWARE = [

@@ -21,4 +21,4 @@ if os.environ.get("DATABASE_URL", "").startswith("postgres"):
 from mailproxy.settings import *  # noqa: F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-LOGGING["loggers"]["mail.log"]  # noqa: F405 = {"level": "WARNING"}  # aiosmtpd's per-command lines
+LOGGING["loggers"]["mail.log"] = {"level": "WARNING"}  # noqa: F405 (aiosmtpd logs every command)

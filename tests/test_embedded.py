@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.smtp_sink import SmtpSink
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -56,21 +58,34 @@ def running_instance(tmp_path: Path) -> Iterator[tuple[str, str]]:
         process.wait(timeout=20)
 
 
-def test_make_run_serves_the_api_on_sqlite_with_the_printed_token(running_instance: tuple[str, str],
-                                                                  tmp_path: Path) -> None:
+def test_make_run_serves_and_sends_on_sqlite_with_nothing_installed(
+    running_instance: tuple[str, str], tmp_path: Path
+) -> None:
     url, token = running_instance
     headers = {"X-API-Token": token}
     assert requests.get(f"{url}/health", timeout=5).json() == {"ok": True}
     assert requests.get(f"{url}/messages", timeout=5).status_code == 401
-    account = requests.post(f"{url}/account", json={"id": "main", "host": "smtp.example.com"}, headers=headers,
-                            timeout=5)
-    assert account.status_code == 200, account.text
-    sent = requests.post(f"{url}/commands/add-messages", headers=headers, timeout=5, json={"messages": [
-        {"id": "hello-1", "from": "me@example.com", "to": "you@example.com", "subject": "Hi", "body": "First"},
-    ]})
-    assert sent.json() == {"ok": True, "queued": 1, "rejected": []}
-    listed = requests.get(f"{url}/messages", headers=headers, timeout=5).json()["messages"]
-    assert [(m["id"], m["status"], m["tenant_id"]) for m in listed] == [("hello-1", "queued", "default")]
+    with SmtpSink() as sink:
+        account = requests.post(f"{url}/account", headers=headers, timeout=5, json={
+            "id": "main", "host": sink.host, "port": sink.port, "security": "none", "limit_per_minute": 100})
+        assert account.status_code == 200, account.text
+        sent = requests.post(f"{url}/commands/add-messages", headers=headers, timeout=5, json={"messages": [
+            {"id": "hello-1", "from": "me@example.com", "to": "you@example.com", "subject": "Hi", "body": "First",
+             "priority": "immediate"},
+            {"id": "hello-2", "from": "me@example.com", "to": "them@example.com", "subject": "Later", "body": "2"},
+        ]})
+        assert sent.json() == {"ok": True, "queued": 2, "rejected": []}
+        # the doorbell and the embedded beat, over the filesystem broker and the SQL limiter
+        received = sink.wait_for(2, timeout=30)
+    assert sorted(r.rcpt_tos[0] for r in received) == ["them@example.com", "you@example.com"]
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        listed = requests.get(f"{url}/messages", headers=headers, timeout=5).json()["messages"]
+        if all(m["status"] == "sent" for m in listed):
+            break
+        time.sleep(0.2)
+    assert [(m["id"], m["status"], m["tenant_id"]) for m in listed] == [
+        ("hello-2", "sent", "default"), ("hello-1", "sent", "default")]
     assert (tmp_path / "data" / "mail_service.db").exists()
     docs = requests.get(f"{url}/docs", timeout=5)
     assert docs.status_code == 200
