@@ -4,6 +4,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import redis
 from django.conf import settings
 from django.db import connection
 from rest_framework.test import APIClient
@@ -33,6 +34,13 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 
 
 ADMIN_TOKEN = settings.GMP_API_TOKEN
+
+
+@pytest.fixture(autouse=True)
+def _fresh_redis() -> None:
+    """Rate-limit buckets and queued tasks of one test must not reach the next (ids repeat)."""
+    if settings.GMP_RATE_LIMITER == "redis":
+        redis.Redis.from_url(settings.REDIS_URL).flushdb()
 
 
 @pytest.fixture

@@ -420,3 +420,56 @@ def test_dead_workers_lease_is_reclaimed_and_flagged(
     assert MessageEvent.objects.get(external_id="m").details["possible_duplicate"] is True
     # the dead worker's late write cannot change anything any more
     assert lifecycle.record_sent(claim=claim, message=row("m"), refused=[]) is False
+
+
+def test_rate_limited_messages_wait_for_the_exact_token_time(
+    tenant: Tenant, smtp_account: SmtpAccount, smtp_server: SmtpSink
+) -> None:
+    SmtpAccount.objects.filter(pk=smtp_account.pk).update(limit_per_minute=2)
+    enqueue(tenant, *[message(id=f"m{i}") for i in range(5)])
+    started = time.time()
+    summary = send(smtp_account)
+    assert (summary.sent, summary.released) == (2, 3)
+    waiting = Message.objects.filter(status=Status.DEFERRED).order_by("id")
+    assert [m.external_id for m in waiting] == ["m2", "m3", "m4"]
+    for row_ in waiting:
+        assert row_.attempts == 0
+        assert started + 59 <= row_.next_attempt_at.timestamp() <= time.time() + 61
+    limited = MessageEvent.objects.filter(event_type=EventType.DEFERRED, details__deferred_reason="rate_limit")
+    assert limited.count() == 3
+    assert send(smtp_account).claimed == 0  # nothing is due before the token comes back
+
+
+def test_rate_limit_reject_behaviour_fails_the_message(
+    tenant: Tenant, smtp_account: SmtpAccount, smtp_server: SmtpSink
+) -> None:
+    SmtpAccount.objects.filter(pk=smtp_account.pk).update(limit_per_minute=1, limit_behavior="reject")
+    enqueue(tenant, message(id="a"), message(id="b"))
+    send(smtp_account)
+    assert dict(Message.objects.values_list("external_id", "status")) == {"a": "sent", "b": "error"}
+    assert row("b").last_error == "rate limit exceeded"
+
+
+def test_tenant_rate_limit_spans_its_accounts(tenant: Tenant, smtp_server: SmtpSink) -> None:
+    Tenant.objects.filter(pk=tenant.pk).update(rate_limits={"per_hour": 3})
+    accounts = [SmtpAccount.objects.create(tenant=tenant, external_id=name, host=smtp_server.host,
+                                           port=smtp_server.port, security="none", timeout=5)
+                for name in ("a", "b")]
+    enqueue(tenant, *[message(id=f"{a.external_id}{i}", account_id=a.external_id) for a in accounts
+                      for i in range(3)])
+    for account in accounts:
+        send(account)
+    assert len(smtp_server.messages) == 3
+
+
+@override_settings(GMP_RATE_LIMITER="redis", REDIS_URL="redis://127.0.0.1:1/0")
+def test_rate_limiter_unreachable_pauses_limited_accounts_only(tenant: Tenant, smtp_server: SmtpSink) -> None:
+    limited = SmtpAccount.objects.create(tenant=tenant, external_id="limited", host=smtp_server.host,
+                                         port=smtp_server.port, security="none", timeout=5, limit_per_hour=100)
+    free = SmtpAccount.objects.create(tenant=tenant, external_id="free", host=smtp_server.host,
+                                      port=smtp_server.port, security="none", timeout=5)
+    enqueue(tenant, message(id="l", account_id="limited"), message(id="f", account_id="free"))
+    send(limited)
+    send(free)
+    assert dict(Message.objects.values_list("external_id", "status")) == {"l": "queued", "f": "sent"}
+    assert row("l").attempts == 0
