@@ -87,7 +87,9 @@ def send_due(*, account_pk: int) -> SendSummary:
     now = timezone.now()
     if (account.paused_until and account.paused_until > now) or not account.tenant.active:
         return summary
-    claim = lifecycle.claim_due(account=account, limit=account.batch_size, lease_seconds=_lease_seconds(account))
+    lease_seconds = _lease_seconds(account)
+    claim = lifecycle.claim_due(account=account, limit=account.batch_size, lease_seconds=lease_seconds)
+    lease_ends = time.monotonic() + lease_seconds
     summary.claimed = len(claim.message_ids)
     if not claim.message_ids:
         return summary
@@ -101,6 +103,13 @@ def send_due(*, account_pk: int) -> SendSummary:
             if time.monotonic() > deadline:
                 summary.released += lifecycle.release(claim=claim, message_ids=rest)
                 break
+            if lease_ends - time.monotonic() < 3 * account.timeout + 5:
+                # A slow server ate into the lease: extend it before the next transaction,
+                # so no other worker reclaims a message while this one may still send it.
+                held = lifecycle.renew_lease(claim=claim, message_ids=rest, lease_seconds=lease_seconds)
+                lease_ends = time.monotonic() + lease_seconds
+                if message.pk not in held:
+                    continue
             if buckets:
                 verdict = _take_token(account, buckets, message, claim, rest, summary)
                 if verdict == "stop":

@@ -473,3 +473,18 @@ def test_rate_limiter_unreachable_pauses_limited_accounts_only(tenant: Tenant, s
     send(free)
     assert dict(Message.objects.values_list("external_id", "status")) == {"l": "queued", "f": "sent"}
     assert row("l").attempts == 0
+
+
+def test_renewing_a_lease_extends_only_what_the_claim_still_holds(
+    tenant: Tenant, smtp_account: SmtpAccount
+) -> None:
+    from queueing import lifecycle
+
+    enqueue(tenant, message(id="kept"), message(id="stolen"))
+    claim = lifecycle.claim_due(account=smtp_account, limit=10, lease_seconds=5)
+    first = {m.external_id: m.lease_until for m in Message.objects.all()}
+    Message.objects.filter(external_id="stolen").update(lease_token=None, status=Status.QUEUED)
+    held = lifecycle.renew_lease(claim=claim, message_ids=claim.message_ids, lease_seconds=300)
+    assert held == {row("kept").pk}
+    assert row("kept").lease_until > first["kept"] + timedelta(seconds=200)
+    assert row("stolen").lease_until == first["stolen"]
