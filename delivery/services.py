@@ -12,7 +12,7 @@ from django.db.models import F
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from delivery import smtp
+from delivery import reports, smtp
 from delivery.mime import AttachmentError, build_envelope
 from queueing import dispatch, lifecycle
 from queueing.models import Message
@@ -150,6 +150,8 @@ def send_due(*, account_pk: int) -> SendSummary:
     finally:
         if pooled is not None:
             smtp.pool.release(account, pooled)
+    if summary.sent or summary.failed or summary.deferred:
+        reports.ring_reports([account.tenant_id])  # reports go out within moments of the outcome
     if summary.claimed >= account.batch_size or summary.released:
         # More may be waiting: hand the account to the back of the queue (fair to others).
         dispatch.ring(dispatch.due_accounts_of(account.pk))

@@ -26,7 +26,12 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 app.conf.task_queues = [Queue(name, Exchange(name, type="direct"), routing_key=name)
                         for name in (*SEND_QUEUES, *OTHER_QUEUES)]
 app.conf.task_default_queue = "medium"
-app.conf.task_routes = {"queueing.dispatch": {"queue": "immediate"}}
+app.conf.task_routes = {
+    "queueing.dispatch": {"queue": "immediate"},
+    "delivery.report_tenant": {"queue": "reports"},
+    "delivery.report_sweep": {"queue": "reports"},
+    "queueing.cleanup": {"queue": "maintenance"},
+}
 app.autodiscover_tasks()
 
 
@@ -36,3 +41,6 @@ def _schedule(sender: Celery, **kwargs: object) -> None:
 
     sender.add_periodic_task(settings.GMP_SEND_INTERVAL_SECONDS, sender.signature("queueing.dispatch"),
                              name="dispatch sweep")
+    sender.add_periodic_task(1.0, sender.signature("delivery.report_sweep"), name="report sweep")
+    sender.add_periodic_task(settings.GMP_CLEANUP_INTERVAL_SECONDS, sender.signature("queueing.cleanup"),
+                             name="retention cleanup")

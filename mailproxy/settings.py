@@ -171,6 +171,21 @@ GMP_BACKOFF_MAX_SECONDS = env_int("GMP_BACKOFF_MAX_SECONDS", 300, minimum=1)
 # Credentials refused: how long before trying them again (a fix of the account retries at once).
 GMP_AUTH_RETRY_SECONDS = env_int("GMP_AUTH_RETRY_SECONDS", 900, minimum=1)
 
+# --- Delivery reports (the sync protocol) -----------------------------------------------
+GMP_CLIENT_SYNC_URL = env_str("GMP_CLIENT_SYNC_URL", "")
+GMP_REPORT_BATCH = env_int("GMP_REPORT_BATCH", 500, minimum=1)
+GMP_REPORT_TIMEOUT = env_float("GMP_REPORT_TIMEOUT", 30.0, minimum=0.1)
+GMP_SYNC_INTERVAL = env_int("GMP_SYNC_INTERVAL", 300, minimum=1)
+GMP_SYNC_MIN_INTERVAL = env_float("GMP_SYNC_MIN_INTERVAL", 2.0, minimum=0.0)
+GMP_REPORT_BACKOFF_MIN_SECONDS = env_int("GMP_REPORT_BACKOFF_MIN_SECONDS", 5, minimum=1)
+GMP_REPORT_BACKOFF_MAX_SECONDS = env_int("GMP_REPORT_BACKOFF_MAX_SECONDS", 600, minimum=1)
+GMP_REPORT_GIVE_UP_SECONDS = env_int("GMP_REPORT_GIVE_UP_SECONDS", 72 * 3600, minimum=60)
+GMP_CLEANUP_INTERVAL_SECONDS = env_int("GMP_CLEANUP_INTERVAL_SECONDS", 3600, minimum=10)
+# Outbound HTTP (report callbacks, attachment fetches) reaches only public addresses,
+# except these host names or networks (e.g. "10.0.0.0/8,crm.internal").
+GMP_ALLOWED_HOSTS = env_list("GMP_ALLOWED_HOSTS")
+GMP_FETCH_TIMEOUT = env_float("GMP_FETCH_TIMEOUT", 30.0, minimum=0.1)
+
 _explicit_broker = env_str("CELERY_BROKER_URL", "")
 if _explicit_broker:
     CELERY_BROKER_URL = _explicit_broker

@@ -4,6 +4,7 @@ from django.contrib import admin
 from django.urls import path
 from drf_spectacular.views import SpectacularJSONAPIView, SpectacularSwaggerView
 
+from delivery import api as delivery_api
 from mailproxy.health import HealthView
 from queueing import api as queueing_api
 from tenants import api as tenants_api
@@ -35,6 +36,7 @@ urlpatterns = [
     path("account/<str:account_id>", queueing_api.AccountDetailView.as_view(), name="account"),
     path("tenant", tenants_api.TenantSaveView.as_view(), name="tenant-save"),
     path("tenants", tenants_api.TenantListView.as_view(), name="tenants"),
+    path("tenants/sync-status", delivery_api.SyncStatusView.as_view(), name="sync-status"),
     path("tenant/<str:tenant_id>", tenants_api.TenantDetailView.as_view(), name="tenant"),
     path("tenant/<str:tenant_id>/api-keys", tenants_api.ApiKeyListView.as_view(), name="api-keys"),
     path("tenant/<str:tenant_id>/api-keys/<str:prefix>", tenants_api.ApiKeyDetailView.as_view(), name="api-key"),

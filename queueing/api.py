@@ -77,6 +77,8 @@ class AddMessagesView(APIView):
             scope=principal.tenant, payloads=messages, default_priority=default_priority
         )
         dispatch.ring_after_commit(result.queued_accounts)
+        if result.tenants_expecting_sync:
+            dispatch.wake_reports(result.tenants_expecting_sync)
         return Response({
             "ok": result.queued > 0 or not result.rejected,
             "queued": result.queued,
@@ -230,7 +232,17 @@ class AccountDetailView(APIView):
 class RunNowView(APIView):
     @extend_schema(request=None, responses=OpenApiTypes.OBJECT)
     def post(self, request: Request) -> Response:
-        """Wake dispatch now: the admin for every tenant, a tenant for itself."""
+        """Wake dispatch and reporting now: the admin for every tenant, a tenant for itself.
+
+        Reports given up on are put back in the outbox. A tenant's own run-now also clears
+        its Do Not Disturb; the admin's keeps every tenant's.
+        """
         principal = principal_of(request)
-        rung = dispatch.dispatch_due(tenant_id=None if principal.tenant is None else principal.tenant.id)
-        return Response({"ok": True, "accounts_rung": len(rung)})
+        tenant_id = None if principal.tenant is None else principal.tenant.id
+        rung = dispatch.dispatch_due(tenant_id=tenant_id)
+        resent = services.resend_undelivered(tenant_id=tenant_id)
+        if tenant_id is None:
+            dispatch.wake_all_reports()
+        else:
+            dispatch.wake_reports([tenant_id], force=True)
+        return Response({"ok": True, "accounts_rung": len(rung), "reports_resent": resent})

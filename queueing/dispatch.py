@@ -100,3 +100,28 @@ def ring_after_commit(accounts: Iterable[tuple[int, int]]) -> None:
             logger.warning("doorbell failed; the sweep will pick the messages up", exc_info=True)
 
     transaction.on_commit(doorbell)
+
+
+REPORT_TASK = "delivery.report_tenant"
+REPORT_SWEEP_TASK = "delivery.report_sweep"
+
+
+def wake_reports(tenant_ids: Iterable[str], *, force: bool = False) -> None:
+    """Ask for a report run now (by task name: reporting is the delivery app's).
+
+    A run already in progress holds the tenant's sync lease and makes the extra task a
+    no-op, so this needs no de-duplication; a broker that does not answer costs only the
+    report sweep's delay.
+    """
+    for tenant_id in dict.fromkeys(tenant_ids):
+        try:
+            current_app.send_task(REPORT_TASK, args=[tenant_id, force], queue="reports", retry=False)
+        except Exception:  # noqa: BLE001 (the report sweep covers it)
+            logger.warning("could not wake reports tenant=%s", tenant_id, exc_info=True)
+
+
+def wake_all_reports() -> None:
+    try:
+        current_app.send_task(REPORT_SWEEP_TASK, queue="reports", retry=False)
+    except Exception:  # noqa: BLE001 (beat runs the sweep every second anyway)
+        logger.warning("could not wake the report sweep", exc_info=True)

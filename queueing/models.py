@@ -170,11 +170,15 @@ class MessageEvent(models.Model):
     occurred_at = models.DateTimeField()
     details = models.JSONField(default=dict, blank=True)
     reported_at = models.DateTimeField(null=True, blank=True)
+    # Set when the tenant could not be reached for GMP_REPORT_GIVE_UP_SECONDS: kept and
+    # listable, sent again on run-now, skipped by the regular report cycle until then.
+    undelivered_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["id"]
         indexes = [
-            models.Index(fields=["tenant", "id"], condition=Q(reported_at__isnull=True), name="event_unreported"),
+            models.Index(fields=["tenant", "id"], condition=Q(reported_at__isnull=True, undelivered_at__isnull=True),
+                         name="event_outbox"),
         ]
 
     def __str__(self) -> str:

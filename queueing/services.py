@@ -58,6 +58,8 @@ class EnqueueResult:
     rejected: list[Rejection]
     # (account pk, priority) of what was queued, for the dispatcher's doorbell.
     queued_accounts: set[tuple[int, int]] = field(default_factory=set)
+    # Tenants whose last sync answer announced these messages (`queued > 0`): call them again.
+    tenants_expecting_sync: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -180,7 +182,9 @@ def enqueue_messages(
     queued_accounts = {(item.account.pk, item.priority) for key, item in accepted.items()
                        if key in stored and not item.held}
     logger.info("enqueued queued=%d rejected=%d", len(stored), len(rejected))
-    return EnqueueResult(queued=len(stored), rejected=rejected, queued_accounts=queued_accounts)
+    expecting = {item.tenant.id for key, item in accepted.items() if key in stored and item.tenant.sync_expect_more}
+    return EnqueueResult(queued=len(stored), rejected=rejected, queued_accounts=queued_accounts,
+                         tenants_expecting_sync=expecting)
 
 
 # Columns written on insert, and on replacement of a waiting message. Position in the
@@ -481,3 +485,11 @@ def delete_account(*, account: SmtpAccount, force: bool = False) -> int:
     logger.info("smtp account deleted tenant=%s account=%s failed=%d", account.tenant_id, account.external_id,
                 len(waiting))
     return len(waiting)
+
+
+def resend_undelivered(*, tenant_id: str | None) -> int:
+    """Put the events given up on (tenant unreachable too long) back in the report outbox."""
+    events = MessageEvent.objects.filter(reported_at__isnull=True, undelivered_at__isnull=False)
+    if tenant_id is not None:
+        events = events.filter(tenant_id=tenant_id)
+    return events.update(undelivered_at=None)

@@ -51,6 +51,18 @@ class Tenant(models.Model):
     suspended = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+    # Delivery-report (sync) state, shared by every worker through this row.
+    sync_last_at = models.DateTimeField(null=True, blank=True)  # last acknowledged call
+    sync_last_call_at = models.DateTimeField(null=True, blank=True)
+    sync_dnd_until = models.DateTimeField(null=True, blank=True)  # the tenant's next_sync_after
+    sync_retry_at = models.DateTimeField(null=True, blank=True)  # backoff after a failed call
+    sync_backoff_seconds = models.PositiveIntegerField(default=0)
+    sync_failing_since = models.DateTimeField(null=True, blank=True)
+    sync_last_error = models.TextField(blank=True)
+    # The last answer said `queued > 0`: the tenant's next submission calls it again at once.
+    sync_expect_more = models.BooleanField(default=False)
+    sync_ring_until = models.DateTimeField(null=True, blank=True)
+    sync_lease_until = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["id"]

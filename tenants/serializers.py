@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 from rest_framework import serializers
 
+from mailproxy import safehttp
 from tenants.models import ApiKey, AuthMethod, LimitBehavior, Security, SmtpAccount, Tenant
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,99}$"
@@ -29,6 +30,11 @@ def _check_http_url(value: str) -> str:
         raise serializers.ValidationError("must be an http:// or https:// URL with a host")
     if parts.username or parts.password:
         raise serializers.ValidationError("must not carry credentials; use client_auth")
+    try:
+        # Checked again, after resolving the name, each time a report goes out.
+        safehttp.check_literal(value)
+    except safehttp.OutboundRefused as exc:
+        raise serializers.ValidationError(str(exc)) from None
     return value.rstrip("/")
 
 
