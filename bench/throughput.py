@@ -8,8 +8,8 @@ that every message arrived exactly once (exit 1 if any is missing). Prints a Mar
 
     .venv/bin/python bench/throughput.py [-n 5000] [--workers 2] [--timeout 300] [--keep]
 
-The PostgreSQL server is taken from DATABASE_URL (its database name is ignored) or defaults to
-postgres@127.0.0.1:5432; Redis from REDIS_URL's host (db 12 is always used).
+The PostgreSQL server is taken from DATABASE_URL (its database name is ignored: the benchmark
+creates, and drops, its own) or defaults to postgres@127.0.0.1:5432; Redis from REDIS_URL's host.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
@@ -48,6 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432"
 MESSAGE_ID = re.compile(rb"^Message-ID:[ \t]*(\S+)", re.MULTILINE | re.IGNORECASE)
 SENDER, RCPT = "Sender <sender@example.com>", "rcpt1@example.com"
+MESSAGE = {"from": SENDER, "to": [RCPT], "subject": "Hello", "body": "Hi"}
 
 
 class BenchError(Exception):
@@ -55,7 +57,7 @@ class BenchError(Exception):
 
 
 class Sink:
-    """aiosmtpd in a thread: records (time.time(), Message-ID) of every accepted message, counts connections."""
+    """aiosmtpd in a thread: records (time.time(), Message-ID) of each accepted message, counts connections."""
 
     def __init__(self) -> None:
         self.received: list[tuple[float, str]] = []
@@ -80,7 +82,7 @@ class Sink:
 
         controller = SinkController(self, hostname="127.0.0.1", port=free_port(), server_hostname="sink.bench")
         controller.start()
-        self.clear()  # the controller's own probe connection
+        self.clear()  # forget the controller's own probe connection
         return controller
 
     def clear(self) -> None:
@@ -100,22 +102,6 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def percentile(values: list[float], pct: int) -> float:
-    return statistics.quantiles(sorted(values), n=100, method="inclusive")[pct - 1]
-
-
-def wait_for(condition: Any, what: str, timeout: float, procs: dict[str, subprocess.Popen[bytes]]) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        for name, proc in procs.items():
-            if proc.poll() is not None:
-                raise BenchError(f"{name} exited with code {proc.returncode}")
-        time.sleep(0.05)
-    raise BenchError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
 def healthy(base: str) -> bool:
     try:
         return requests.get(f"{base}/health", timeout=1).status_code == 200
@@ -127,8 +113,7 @@ def workers_ready(env: dict[str, str], names: list[str]) -> bool:
     result = subprocess.run([sys.executable, "-m", "celery", "-A", "mailproxy", "inspect", "ping", "-j", "-t", "1"],
                             cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     start = result.stdout.find("{")
-    replies = json.loads(result.stdout[start:]) if start >= 0 else {}
-    return all(name in replies for name in names)
+    return start >= 0 and all(name in json.loads(result.stdout[start:]) for name in names)
 
 
 def stop_group(proc: subprocess.Popen[bytes]) -> None:
@@ -142,150 +127,168 @@ def stop_group(proc: subprocess.Popen[bytes]) -> None:
 
 
 def peak_rss_mb(pid: int) -> float:
-    """Largest VmHWM of the process and its children (the pool's processes), in MB."""
+    """The largest VmHWM of a process and its children (a Celery worker's pool), in MB."""
     children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False).stdout.split()
-    peaks = []
-    for each in [pid, *map(int, children)]:
-        for line in Path(f"/proc/{each}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                peaks.append(int(line.split()[1]) / 1024)
-    return max(peaks)
-
-
-def bare_message(index: int) -> EmailMessage:
-    """What delivery.mime.build_envelope makes of a bench message, with the same headers and body."""
-    mail = EmailMessage()
-    mail["From"], mail["To"], mail["Subject"] = SENDER, RCPT, "Hello"
-    mail["Date"] = format_datetime(datetime.now(UTC))
-    mail["Message-ID"] = f"<{secrets.token_hex(16)}@example.com>"
-    mail["X-Mail-Proxy-ID"] = mail["X-Genro-Mail-ID"] = str(index)
-    mail.set_content("Hi", subtype="plain", cte="quoted-printable")
-    return mail
+    status = [Path(f"/proc/{each}/status").read_text() for each in [pid, *map(int, children)]]
+    return max(int(line.split()[1]) / 1024 for text in status for line in text.splitlines()
+               if line.startswith("VmHWM:"))
 
 
 def bare_loop(port: int, count: int) -> float:
-    """Messages/s of building and sending `count` messages over one smtplib connection."""
+    """Messages/s of building (as delivery.mime.build_envelope does) and sending over one connection."""
     with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
         client.ehlo()
         started = time.perf_counter()
         for index in range(count):
-            client.sendmail("sender@example.com", [RCPT], bare_message(index).as_bytes(policy=SMTP_POLICY))
+            mail = EmailMessage()
+            mail["From"], mail["To"], mail["Subject"] = SENDER, RCPT, "Hello"
+            mail["Date"] = format_datetime(datetime.now(UTC))
+            mail["Message-ID"] = f"<{secrets.token_hex(16)}@example.com>"
+            mail["X-Mail-Proxy-ID"] = mail["X-Genro-Mail-ID"] = str(index)
+            mail.set_content("Hi", subtype="plain", cte="quoted-printable")
+            client.sendmail("sender@example.com", [RCPT], mail.as_bytes(policy=SMTP_POLICY))
         return count / (time.perf_counter() - started)
 
 
-def post(session: requests.Session, url: str, body: dict[str, Any]) -> dict[str, Any]:
-    response = session.post(url, json=body, timeout=60)
-    if response.status_code != 200:
-        raise BenchError(f"POST {url} answered {response.status_code}: {response.text[:500]}")
-    answer: dict[str, Any] = response.json()
-    if "messages" in body and answer.get("queued") != len(body["messages"]):
-        raise BenchError(f"queued {answer.get('queued')} of {len(body['messages'])}: {answer.get('rejected')}")
-    return answer
+@dataclass
+class Fleet:
+    """The running system as the benchmark sees it: the API, the database, the sink, the processes."""
+
+    base: str
+    db: psycopg.Connection[tuple[Any, ...]]
+    sink: Sink
+    procs: dict[str, subprocess.Popen[bytes]]
+    session: requests.Session = field(default_factory=requests.Session)
+
+    def wait(self, condition: Any, what: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            for name, proc in self.procs.items():
+                if proc.poll() is not None:
+                    raise BenchError(f"{name} exited with code {proc.returncode}")
+            if time.monotonic() > deadline:
+                raise BenchError(f"timed out after {timeout:.0f} s waiting for {what}")
+            time.sleep(0.005)
+
+    def post(self, path: str, body: dict[str, Any]) -> None:
+        response = self.session.post(f"{self.base}{path}", json=body, timeout=60)
+        if response.status_code != 200 or response.json().get("queued", 0) != len(body.get("messages", [])):
+            raise BenchError(f"POST {path} answered {response.status_code}: {response.text[:500]}")
+
+    def scalar(self, sql: str, *params: object) -> Any:
+        row = self.db.execute(sql, params).fetchone()
+        return None if row is None else row[0]
 
 
-def run(args: argparse.Namespace, sink: Sink, base: str, token: str, db_url: str, env: dict[str, str],
-        procs: dict[str, subprocess.Popen[bytes]], port: int, bare_rate: float) -> tuple[list[str], int]:
+def rates(times: list[float]) -> tuple[float, float, float]:
+    """Messages/s over the first half, the second half and the whole of the sorted arrival times."""
+    if len(times) < 4:
+        return 0.0, 0.0, 0.0
+    half = len(times) // 2
+    return (half / (times[half] - times[0]), (len(times) - 1 - half) / (times[-1] - times[half]),
+            (len(times) - 1) / (times[-1] - times[0]))
+
+
+def immediate_latencies(fleet: Fleet, count: int = 20) -> list[float]:
+    """Milliseconds from the HTTP answer to the sink's receipt, one immediate message at a time."""
+    latencies = []
+    for k in range(1, count + 1):
+        mid = f"<imm-{k}@example.com>"
+        fleet.post("/commands/add-messages", {"messages": [
+            {**MESSAGE, "id": f"imm-{k}", "priority": "immediate", "message_id": mid}]})
+        answered = time.time()
+        fleet.wait(lambda mid=mid: any(m == mid for _, m in fleet.sink.received[-3:]), f"immediate {mid}", 10)
+        latencies.append((next(at for at, m in reversed(fleet.sink.received) if m == mid) - answered) * 1000)
+        fleet.wait(lambda k=k: fleet.scalar("SELECT status FROM queueing_message WHERE external_id = %s",
+                                            f"imm-{k}") == "sent", f"immediate {mid} recorded", 10)
+        time.sleep(0.2)  # the worker is idle again and the queue empty
+    return latencies
+
+
+def check_ledger(fleet: Fleet) -> int:
+    """Print the sink's missing, duplicated and unknown Message-IDs; the number missing."""
+    copies = collections.Counter(mid for _, mid in fleet.sink.received)
+    expected = [mid for (mid,) in fleet.db.execute("SELECT message_id FROM queueing_message")]
+    missing = [mid for mid in expected if copies[mid] == 0]
+    duplicated = sorted(f"{mid} (x{n})" for mid, n in copies.items() if n > 1)
+    unknown = sorted(set(copies) - set(expected))
+    print(f"ledger: {len(expected):,} messages stored, {len(fleet.sink.received):,} received, {len(missing)} "
+          f"missing, {len(duplicated)} duplicated, {len(unknown)} unknown")
+    for label, items in (("missing", missing), ("duplicated", duplicated), ("unknown", unknown)):
+        if items:
+            print(f"  {label}: {', '.join(items[:20])}{' …' if len(items) > 20 else ''}")
+    return len(missing)
+
+
+def run(args: argparse.Namespace, fleet: Fleet, env: dict[str, str], port: int, bare_rate: float) -> list[str]:
+    fleet.wait(lambda: healthy(fleet.base), "web /health", 30)
     names = [f"w{i}@{socket.gethostname()}" for i in range(1, args.workers + 1)]
-    wait_for(lambda: healthy(base), "web /health", 30, procs)
-    wait_for(lambda: workers_ready(env, names), "workers to answer ping", 60, procs)
-    session = requests.Session()
-    session.headers["X-API-Token"] = token
-    post(session, f"{base}/account", {"id": "main", "host": "127.0.0.1", "port": port, "security": "none",
-                                      "timeout": 10, "batch_size": 50})
+    fleet.wait(lambda: workers_ready(env, names), "the workers to answer a ping", 60)
+    fleet.session.headers["X-API-Token"] = env["GMP_API_TOKEN"]
+    fleet.post("/account", {"id": "main", "host": "127.0.0.1", "port": port, "security": "none", "timeout": 10,
+                            "batch_size": 50})
 
-    message = {"from": SENDER, "to": [RCPT], "subject": "Hello", "body": "Hi"}
     started = time.time()
-    for first in range(0, args.n, 1000):
-        chunk = [{**message, "id": f"m-{i}"} for i in range(first + 1, min(first + 1000, args.n) + 1)]
-        post(session, f"{base}/commands/add-messages", {"messages": chunk})
+    for first in range(1, args.n + 1, 1000):
+        batch = [{**MESSAGE, "id": f"m-{i}"} for i in range(first, min(first + 1000, args.n + 1))]
+        fleet.post("/commands/add-messages", {"messages": batch})
     enqueue_rate = args.n / (time.time() - started)
     print(f"enqueue: {args.n:,} messages in requests of 1,000, {enqueue_rate:,.0f} msg/s")
 
-    conn = psycopg.connect(db_url, autocommit=True)
-    def count_sent() -> int:
-        row = conn.execute("SELECT count(*) FROM queueing_message WHERE status = 'sent'").fetchone()
-        return int(row[0]) if row else 0
+    sent = "SELECT count(*) FROM queueing_message WHERE status = 'sent'"
     try:
-        wait_for(lambda: len(sink.received) >= args.n, f"{args.n} messages at the sink", args.timeout, procs)
-        wait_for(lambda: count_sent() == args.n, "every message recorded as sent", 30, procs)
+        fleet.wait(lambda: len(fleet.sink.received) >= args.n, f"{args.n:,} messages at the sink", args.timeout)
+        fleet.wait(lambda: fleet.scalar(sent) == args.n, "every message recorded as sent", 30)
+        complete = True
     except BenchError as exc:
-        print(f"delivery incomplete: {exc}; {len(sink.received)} at the sink, {count_sent()} sent", file=sys.stderr)
-    bulk, connections = list(sink.received), sink.connections
-
+        print(f"delivery incomplete: {exc} ({len(fleet.sink.received):,} received, {fleet.scalar(sent):,} "
+              "recorded as sent)", file=sys.stderr)
+        complete = False
+    bulk, connections = list(fleet.sink.received), fleet.sink.connections
+    if len(bulk) < 4:
+        raise BenchError(f"{len(bulk)} messages reached the SMTP sink")
     times = sorted(at for at, _ in bulk)
-    half = len(times) // 2
-    rate: dict[str, float] = collections.defaultdict(float)
-    if len(times) >= 4:
-        rate = {"first": half / (times[half] - times[0]), "second": (len(times) - 1 - half) / (times[-1] - times[half]),
-                "all": (len(times) - 1) / (times[-1] - times[0])}
-        print(f"delivery: {len(times):,} messages, first half {rate['first']:,.0f} msg/s, second half "
-              f"{rate['second']:,.0f} msg/s, overall {rate['all']:,.0f} msg/s; first request → last message "
-              f"{times[-1] - started:.1f} s, first message {times[0] - started:.2f} s after the first request")
-    created = dict(conn.execute("SELECT message_id, extract(epoch FROM created_at)::float8 FROM queueing_message"))
-    latency = [at - created[mid] for at, mid in bulk if mid in created]
+    first_half, second_half, overall = rates(times)
+    print(f"delivery: {len(bulk):,} messages, first half {first_half:,.0f} msg/s, second half {second_half:,.0f} "
+          f"msg/s, overall {overall:,.0f} msg/s; first message {times[0] - started:.2f} s, last "
+          f"{times[-1] - started:.1f} s after the first request; {connections} SMTP connections")
+    created = dict(fleet.db.execute("SELECT message_id, extract(epoch FROM created_at)::float8 FROM queueing_message"))
+    latency = sorted(at - created[mid] for at, mid in bulk if mid in created)
 
-    immediate, from_start = [], []
-    for k in range(1, 21):
-        mid = f"<imm-{k}@example.com>"
-        before = time.time()
-        post(session, f"{base}/commands/add-messages", {"messages": [
-            {**message, "id": f"imm-{k}", "priority": "immediate", "message_id": mid}]})
-        returned = time.time()
-        wait_for(lambda mid=mid: any(m == mid for _, m in sink.received[-3:]), f"immediate {mid}", 10, procs)
-        at = next(at for at, m in reversed(sink.received) if m == mid)
-        immediate.append((at - returned) * 1000)
-        from_start.append((at - before) * 1000)
-        wait_for(lambda n=args.n + k: count_sent() == n, f"immediate {mid} recorded", 10, procs)
-        time.sleep(0.2)
-    print(f"immediate, HTTP answer → SMTP: p50 {statistics.median(immediate):.1f} ms, max {max(immediate):.1f} ms "
-          f"(from the request's start: p50 {statistics.median(from_start):.1f} ms, max {max(from_start):.1f} ms)")
-
-    rss = {name: peak_rss_mb(procs[name].pid) for name in procs if name.startswith("worker")}
+    immediate = immediate_latencies(fleet) if complete else [0.0]
+    print(f"immediate, HTTP answer → SMTP: p50 {statistics.median(immediate):.1f} ms, max {max(immediate):.1f} ms")
+    rss = {name: peak_rss_mb(proc.pid) for name, proc in fleet.procs.items() if name.startswith("worker")}
     print("peak RSS per worker: " + ", ".join(f"{name} {mb:.0f} MB" for name, mb in rss.items()))
+    if check_ledger(fleet) or not complete:
+        raise BenchError("some messages never reached the SMTP server")
 
-    copies = collections.Counter(mid for _, mid in sink.received)
-    expected = [mid for (mid,) in conn.execute("SELECT message_id FROM queueing_message")]
-    missing = [mid for mid in expected if copies[mid] == 0]
-    duplicates = {mid: n for mid, n in copies.items() if n > 1}
-    strangers = set(copies) - set(expected)
-    print(f"ledger: {len(expected):,} messages, {len(sink.received):,} received, {len(missing)} missing, "
-          f"{len(duplicates)} duplicated, {len(strangers)} unknown; SMTP connections for the bulk run: {connections}")
-    for label, items in (("missing", missing), ("duplicated", list(duplicates.items())), ("unknown", strangers)):
-        if items:
-            print(f"  {label}: {sorted(items)[:20]}")
-    version = str(conn.execute("SELECT version()").fetchone()[0]).split(" on ")[0]  # type: ignore[index]
-    conn.close()
-
-    share = 100 * rate["all"] / bare_rate if bare_rate else 0
-    second = 100 * rate["second"] / rate["first"] if rate["first"] else 0
-    p50, p99 = (statistics.median(latency), percentile(latency, 99)) if len(latency) > 1 else (0, 0)
-    table = [
-        f"{version}, {args.workers} workers, {os.cpu_count()} CPUs, {datetime.now(UTC):%Y-%m-%d}, "
-        f"{args.n:,} messages",
+    version = str(fleet.scalar("SELECT version()")).split(" on ")[0]
+    p99 = statistics.quantiles(latency, n=100, method="inclusive")[98]
+    return [
+        f"{version}, {args.workers} workers, {os.cpu_count()} CPUs, {datetime.now(UTC):%Y-%m-%d}",
         "",
         "| measure | result | target |",
         "|---|---|---|",
         f"| enqueue rate | {enqueue_rate:,.0f} msg/s | — |",
-        f"| delivery rate, {args.workers} workers | {rate['all']:,.0f} msg/s ({share:.0f} % of bare smtplib) "
-        "| ≥ 50 % |",
-        f"| second half vs first half | {second:.0f} % | ≥ 90 % |",
-        f"| enqueue → SMTP accepted, p50 / p99 | {p50:.1f} s / {p99:.1f} s | — |",
+        f"| delivery rate, {args.workers} workers | {overall:,.0f} msg/s ({100 * overall / bare_rate:.0f} % of "
+        "bare smtplib) | ≥ 50 % |",
+        f"| second half vs first half | {100 * second_half / first_half:.0f} % | ≥ 90 % |",
+        f"| enqueue → SMTP accepted, p50 / p99 | {statistics.median(latency):.1f} s / {p99:.1f} s | — |",
         f"| immediate message, request → SMTP, p50 / max | {statistics.median(immediate):.0f} ms / "
         f"{max(immediate):.0f} ms | ≤ 100 ms p50 |",
         f"| worker peak RSS | {max(rss.values()):.0f} MB | ≤ 150 MB |",
         f"| SMTP connections for {args.n:,} messages | {connections} | a handful |",
         f"| bare smtplib loop | {bare_rate:,.0f} msg/s | — |",
     ]
-    return table, len(missing)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-n", type=int, default=5000, help="messages of the bulk run (default 5000)")
-    parser.add_argument("--workers", type=int, default=2, help="celery worker processes, -c 1 each (default 2)")
+    parser.add_argument("--workers", type=int, default=2, help="Celery worker processes, -c 1 each (default 2)")
     parser.add_argument("--timeout", type=float, default=300, help="seconds allowed for delivery (default 300)")
     parser.add_argument("--database", default="mailproxy_throughput", help="database to create and drop")
-    parser.add_argument("--keep", action="store_true", help="keep the database and the logs at the end")
+    parser.add_argument("--keep", action="store_true", help="keep the database and the process logs")
     args = parser.parse_args()
     if args.n < 4 or args.workers < 1:
         parser.error("-n must be at least 4, --workers at least 1")
@@ -293,11 +296,10 @@ def main() -> int:
     server_url = os.environ.get("DATABASE_URL", DEFAULT_SERVER + "/x").rsplit("/", 1)[0]
     db_url = f"{server_url}/{args.database}"
     redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0").rsplit("/", 1)[0] + "/12"
-    token = secrets.token_urlsafe(32)
     work = Path(tempfile.mkdtemp(prefix="mailproxy-throughput-"))
     env = {
         **{k: v for k, v in os.environ.items() if k != "DEBUG"},
-        "DATABASE_URL": db_url, "REDIS_URL": redis_url, "GMP_API_TOKEN": token,
+        "DATABASE_URL": db_url, "REDIS_URL": redis_url, "GMP_API_TOKEN": secrets.token_urlsafe(32),
         "MAIL_PROXY_ENCRYPTION_KEY": base64.b64encode(os.urandom(32)).decode(),
         "DJANGO_SECRET_KEY": secrets.token_urlsafe(50)[:50], "GMP_DATA_DIR": str(work),
         "DJANGO_SETTINGS_MODULE": "mailproxy.settings", "PYTHONUNBUFFERED": "1",
@@ -317,11 +319,11 @@ def main() -> int:
     try:
         drop_database(server_url, args.database, recreate=True)
         redis.Redis.from_url(redis_url).flushdb()
-        subprocess.run([sys.executable, "manage.py", "migrate", "--no-input", "-v", "0"],
-                       cwd=ROOT, env=env, check=True)
+        subprocess.run([sys.executable, "manage.py", "migrate", "--no-input", "-v", "0"], cwd=ROOT, env=env,
+                       check=True)
         controller = sink.start()
         bare_count = min(args.n, 2000)
-        # In a process of its own, like a worker, and before the fleet starts: nothing else runs.
+        # In a process of its own, as a worker is, and before the fleet starts: nothing else competes.
         with multiprocessing.get_context("spawn").Pool(1) as pool:
             bare_rate = pool.apply(bare_loop, (controller.port, bare_count))
         print(f"bare smtplib loop: {bare_count:,} messages over one connection, {bare_rate:,.0f} msg/s")
@@ -330,8 +332,9 @@ def main() -> int:
             with (work / f"{name}.log").open("wb") as log:
                 procs[name] = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                                                start_new_session=True)
-        table, missing = run(args, sink, f"http://127.0.0.1:{web_port}", token, db_url, env, procs,
-                              controller.port, bare_rate)
+        with psycopg.connect(db_url, autocommit=True) as db:
+            table = run(args, Fleet(base=f"http://127.0.0.1:{web_port}", db=db, sink=sink, procs=procs), env,
+                        controller.port, bare_rate)
     except (BenchError, subprocess.CalledProcessError, requests.RequestException, OSError) as exc:
         print(f"benchmark failed: {exc}", file=sys.stderr)
         for name in procs:
@@ -346,16 +349,14 @@ def main() -> int:
             stop_group(proc)
         if controller is not None:
             controller.stop()
-        if not args.keep:
+        if args.keep:
+            print(f"kept the database {args.database} and the logs in {work}")
+        else:
             drop_database(server_url, args.database)
             shutil.rmtree(work, ignore_errors=True)
-        else:
-            print(f"kept database {args.database} and logs in {work}")
     print()
     print("\n".join(table))
-    if missing:
-        print(f"\n{missing} message(s) never reached the SMTP server", file=sys.stderr)
-    return 1 if missing else 0
+    return 0
 
 
 if __name__ == "__main__":

@@ -186,6 +186,7 @@ def report_tenant(*, tenant_id: str, force: bool = False) -> int:
     if not _claim(tenant_id, lease):
         return 0
     calls = 0
+    call_anyway = force  # a call is wanted even with nothing to report (run-now, `queued > 0`)
     try:
         if force:
             Tenant.objects.filter(pk=tenant_id).update(sync_dnd_until=None, sync_retry_at=None)
@@ -196,7 +197,7 @@ def report_tenant(*, tenant_id: str, force: bool = False) -> int:
             if not url or (tenant.sync_retry_at and tenant.sync_retry_at > now):
                 break
             pending = outbox(tenant, settings.GMP_REPORT_BATCH)
-            if not pending and not force and not _heartbeat_due(tenant, now):
+            if not pending and not call_anyway and not _heartbeat_due(tenant, now):
                 break
             items = [report_item(event, account_id) for event, account_id in pending]
             call_started = timezone.now()
@@ -207,13 +208,17 @@ def report_tenant(*, tenant_id: str, force: bool = False) -> int:
                 _fail(tenant, str(exc))
                 break
             calls += 1
-            force = False
+            call_anyway = False
             _acknowledge(tenant, list(zip((event for event, _ in pending), items, strict=True)), answer)
+            if answer.error:
+                break  # the refused events go again next run, not in a tight loop
             if len(pending) >= settings.GMP_REPORT_BATCH:
                 continue  # more events are waiting
-            if answer.queued > 0 and not _submitted_since(tenant, call_started):
-                break  # the tenant's next submission (or the sweep, after the floor) calls again
-            if answer.queued <= 0 and not outbox(tenant, 1):
+            if answer.queued > 0:
+                if not _submitted_since(tenant, call_started):
+                    break  # the tenant's next submission (or the sweep, after the floor) calls again
+                call_anyway = True  # its new messages are in: call again at once
+            elif not outbox(tenant, 1):
                 break
     finally:
         Tenant.objects.filter(pk=tenant_id).update(sync_lease_until=None)

@@ -13,6 +13,7 @@ from tenants.models import SmtpAccount, Tenant
 from tenants.services import create_api_key
 from tests.factories import SmtpAccountFactory, TenantFactory
 from tests.smtp_sink import SmtpSink
+from tests.tenant_app import TenantApp
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -122,3 +123,10 @@ def smtp_account(tenant: Tenant, smtp_server: SmtpSink) -> SmtpAccount:
     """The tenant's default account, pointing at the test SMTP server (no TLS, no auth)."""
     return SmtpAccountFactory(tenant=tenant, external_id="main", host=smtp_server.host, port=smtp_server.port,
                               user="", password_encrypted="", security="none", timeout=5)
+
+
+@pytest.fixture
+def tenant_app() -> Iterator[TenantApp]:
+    """The tenant's application on loopback: records report calls, answers per a plan."""
+    with TenantApp() as app:
+        yield app
