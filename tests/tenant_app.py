@@ -47,7 +47,7 @@ class TenantApp:
         app = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (the http.server API)
+            def do_POST(self) -> None:  # the http.server API names it so
                 length = int(self.headers.get("Content-Length") or 0)
                 call = Call(path=self.path, headers={k.lower(): v for k, v in self.headers.items()},
                             raw=self.rfile.read(length), received_at=time.time())
@@ -64,14 +64,15 @@ class TenantApp:
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the proxy gave up waiting (a timeout test)
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: Any) -> None:
                 return
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self.port = int(self._server.server_address[1])
         self.url = f"http://127.0.0.1:{self.port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        daemon=True)
 
     def _answer_for(self, call: Call) -> Answer:
         answer = self.hook(call) if self.hook else None
