@@ -182,7 +182,8 @@ def report_tenant(*, tenant_id: str, force: bool = False) -> int:
     Safe to run twice at once: the second run finds the sync lease taken and returns.
     `force` (tenant run-now) clears Do Not Disturb and the failure backoff.
     """
-    lease = settings.GMP_REPORT_TIMEOUT * 2 + 30
+    # Longer than one call can take; renewed before each call of the run.
+    lease = settings.GMP_REPORT_TIMEOUT * 2 + 10
     if not _claim(tenant_id, lease):
         return 0
     calls = 0
@@ -197,10 +198,13 @@ def report_tenant(*, tenant_id: str, force: bool = False) -> int:
             if not url or (tenant.sync_retry_at and tenant.sync_retry_at > now):
                 break
             pending = outbox(tenant, settings.GMP_REPORT_BATCH)
+            if tenant.sync_expect_more and _submitted_since(tenant, tenant.sync_last_call_at):
+                call_anyway = True  # the messages it announced have arrived
             if not pending and not call_anyway and not _heartbeat_due(tenant, now):
                 break
             items = [report_item(event, account_id) for event, account_id in pending]
             call_started = timezone.now()
+            Tenant.objects.filter(pk=tenant_id).update(sync_lease_until=call_started + timedelta(seconds=lease))
             try:
                 answer = _call(tenant, url, items)
             except CallFailed as exc:

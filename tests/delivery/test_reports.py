@@ -201,6 +201,10 @@ def test_submission_after_a_queued_answer_rings_the_reports_at_once(
     run(tenant, force=True)
     result = enqueue_messages(scope=Tenant.objects.get(pk=tenant.pk), payloads=[message(id="x")])
     assert result.tenants_expecting_sync == {"acme"}
+    assert run(tenant) == 1  # the announced message arrived: the run calls at once
+    # ... and rings nobody afterwards: nothing new arrived since that call
+    assert Tenant.objects.get(pk=tenant.pk).sync_ring_until is None
+    assert run(tenant) == 0
 
 
 def test_dnd_suppresses_heartbeats_but_not_events_and_tenant_run_now_clears_it(

@@ -122,6 +122,11 @@ class Stack:
                 os.killpg(process.popen.pid, signal.SIGKILL)
                 process.popen.wait(timeout=10)
 
+    def kill(self, process: Process) -> None:
+        """SIGKILL a process group (a crash): it is no longer watched by `wait`."""
+        self.stop(process, sig=signal.SIGKILL)
+        self.processes.remove(process)
+
     def stop_all(self) -> None:
         for process in reversed(self.processes):
             self.stop(process)
