@@ -93,6 +93,11 @@ def send_due(*, account_pk: int) -> SendSummary:
     summary.claimed = len(claim.message_ids)
     if not claim.message_ids:
         return summary
+    if summary.claimed >= account.batch_size:
+        # A full batch: more is probably due. Ring now, so a free worker takes the next
+        # batch of this account while this one sends (its task still queues behind
+        # other accounts' tasks, so a big account does not starve the rest).
+        dispatch.ring(dispatch.due_accounts_of(account.pk))
     messages = lifecycle.claimed_messages(claim)
     buckets = buckets_for(account, account.tenant)
     deadline = time.monotonic() + settings.GMP_BATCH_SECONDS
@@ -152,8 +157,8 @@ def send_due(*, account_pk: int) -> SendSummary:
             smtp.pool.release(account, pooled)
     if summary.sent or summary.failed or summary.deferred:
         reports.ring_reports([account.tenant_id])  # reports go out within moments of the outcome
-    if summary.claimed >= account.batch_size or summary.released:
-        # More may be waiting: hand the account to the back of the queue (fair to others).
+    if summary.released:
+        # Work given back (time budget, pause): hand the account to the back of the queue.
         dispatch.ring(dispatch.due_accounts_of(account.pk))
     logger.info("batch done account=%s tenant=%s claimed=%d sent=%d failed=%d deferred=%d released=%d",
                 account.external_id, account.tenant_id, summary.claimed, summary.sent, summary.failed,

@@ -56,17 +56,22 @@ def ring(accounts: dict[int, int], *, force: bool = False) -> list[int]:
     """Enqueue one send task per account not rung already; the accounts rung.
 
     The conditional UPDATE is the claim on ringing: of several dispatchers (two beats,
-    a sweep and a doorbell at once) only one enqueues the task.
+    a sweep and a doorbell at once) only one enqueues the task. Sweeps ring few
+    accounts (those with due mail), so a statement per account costs little.
     """
     if not accounts:
         return []
     now = timezone.now()
-    with transaction.atomic():
-        candidates = SmtpAccount.objects.filter(pk__in=list(accounts))
+    until = now + timedelta(seconds=settings.GMP_RING_SECONDS)
+    rung = []
+    for account_pk in accounts:
+        # One conditional UPDATE per account, in autocommit: a single round trip, and of two
+        # dispatchers ringing at once exactly one sees its row change.
+        candidates = SmtpAccount.objects.filter(pk=account_pk)
         if not force:
             candidates = candidates.filter(Q(ring_until__isnull=True) | Q(ring_until__lte=now))
-        rung = list(candidates.select_for_update(skip_locked=True).values_list("id", flat=True))
-        SmtpAccount.objects.filter(pk__in=rung).update(ring_until=now + timedelta(seconds=settings.GMP_RING_SECONDS))
+        if candidates.update(ring_until=until):
+            rung.append(account_pk)
     for account_pk in rung:
         queue = QUEUE_OF_PRIORITY[Priority(accounts[account_pk])]
         current_app.send_task(SEND_TASK, args=[account_pk], queue=queue, retry=False)

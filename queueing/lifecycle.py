@@ -7,6 +7,7 @@ lease token: a worker whose lease was taken over can no longer change the messag
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import uuid
@@ -16,7 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Exists, F, OuterRef, Q
 from django.db.models.functions import Now
 from django.utils import timezone
@@ -139,42 +140,79 @@ def record_sent(*, claim: Claim, message: Message, refused: list[dict[str, Any]]
     """
     now = timezone.now()
     refused_all = [*message.refused, *refused]
-    with transaction.atomic():
-        if pending:
-            attempts = message.attempts + 1
-            next_at = now + retry_delay(attempts)
-            if attempts > settings.GMP_MAX_RETRIES:
-                return record_failure(claim=claim, message=message, permanent=True, smtp_code=smtp_code,
-                                      error=f"retries exhausted after {attempts} attempts for "
-                                            f"{', '.join(pending)}", refused=refused_all)
+    if pending:
+        return _record_partly_sent(claim, message, now, refused_all, pending, smtp_code)
+    details: dict[str, Any] = {"sent_ts": now.timestamp()}
+    if refused_all:
+        details["refused"] = refused_all
+    if message.possible_duplicate:
+        details["possible_duplicate"] = True
+    if connection.vendor == "postgresql" and not connection.in_atomic_block:
+        changed = _record_sent_in_one_statement(claim, message, now, refused_all, smtp_code, details)
+    else:
+        with transaction.atomic():
             changed = _owned(claim, message).update(
-                status=Status.DEFERRED, attempts=attempts, next_attempt_at=next_at, sent_at=message.sent_at or now,
-                pending_recipients=pending, refused=refused_all, lease_token=None, lease_until=None,
-                deferred_reason="recipients", updated_at=now, smtp_code=smtp_code,
+                status=Status.SENT, sent_at=now, attempts=F("attempts") + 1, refused=refused_all,
+                pending_recipients=None, lease_token=None, lease_until=None, smtp_code=smtp_code, last_error="",
+                updated_at=now,
             )
             if changed:
                 MessageEvent.objects.create(tenant_id=message.tenant_id, message_id=message.pk,
-                                            external_id=message.external_id, event_type=EventType.DEFERRED,
-                                            occurred_at=now, details={
-                                                "deferred_ts": next_at.timestamp(), "deferred_reason": "recipients",
-                                                "attempts": attempts, "pending": pending, "refused": refused_all})
-            return bool(changed)
-        changed = _owned(claim, message).update(
-            status=Status.SENT, sent_at=now, attempts=F("attempts") + 1, refused=refused_all, pending_recipients=None,
-            lease_token=None, lease_until=None, smtp_code=smtp_code, last_error="", updated_at=now,
-        )
-        if changed:
-            details: dict[str, Any] = {"sent_ts": now.timestamp()}
-            if refused_all:
-                details["refused"] = refused_all
-            if message.possible_duplicate:
-                details["possible_duplicate"] = True
-            MessageEvent.objects.create(tenant_id=message.tenant_id, message_id=message.pk,
-                                        external_id=message.external_id, event_type=EventType.SENT,
-                                        occurred_at=now, details=details)
+                                            external_id=message.external_id, event_type=EventType.SENT,
+                                            occurred_at=now, details=details)
     if not changed:
         logger.warning("sent but the lease was lost message=%s tenant=%s", message.pk, message.tenant_id)
     return bool(changed)
+
+
+def _record_partly_sent(claim: Claim, message: Message, now: datetime, refused_all: list[dict[str, Any]],
+                        pending: list[str], smtp_code: int) -> bool:
+    attempts = message.attempts + 1
+    if attempts > settings.GMP_MAX_RETRIES:
+        return record_failure(claim=claim, message=message, permanent=True, smtp_code=smtp_code,
+                              error=f"retries exhausted after {attempts} attempts for {', '.join(pending)}",
+                              refused=refused_all)
+    next_at = now + retry_delay(attempts)
+    with transaction.atomic():
+        changed = _owned(claim, message).update(
+            status=Status.DEFERRED, attempts=attempts, next_attempt_at=next_at, sent_at=message.sent_at or now,
+            pending_recipients=pending, refused=refused_all, lease_token=None, lease_until=None,
+            deferred_reason="recipients", updated_at=now, smtp_code=smtp_code,
+        )
+        if changed:
+            MessageEvent.objects.create(tenant_id=message.tenant_id, message_id=message.pk,
+                                        external_id=message.external_id, event_type=EventType.DEFERRED,
+                                        occurred_at=now, details={
+                                            "deferred_ts": next_at.timestamp(), "deferred_reason": "recipients",
+                                            "attempts": attempts, "pending": pending, "refused": refused_all})
+    return bool(changed)
+
+
+def _record_sent_in_one_statement(claim: Claim, message: Message, now: datetime, refused: list[dict[str, Any]],
+                                  smtp_code: int, details: dict[str, Any]) -> int:
+    """The `sent` outcome and its event as one PostgreSQL statement (a data-modifying CTE).
+
+    The most frequent write of the product: one round trip instead of four (BEGIN,
+    UPDATE, INSERT, COMMIT), and a single statement in autocommit is atomic on its own.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            WITH sent AS (
+                UPDATE queueing_message
+                   SET status = %s, sent_at = %s, attempts = attempts + 1, refused = %s::jsonb,
+                       pending_recipients = NULL, lease_token = NULL, lease_until = NULL, smtp_code = %s,
+                       last_error = '', updated_at = %s
+                 WHERE id = %s AND lease_token = %s AND status = %s
+             RETURNING id, tenant_id, external_id
+            )
+            INSERT INTO queueing_messageevent (tenant_id, message_id, external_id, event_type, occurred_at, details)
+            SELECT tenant_id, id, external_id, %s, %s, %s::jsonb FROM sent
+            """,
+            [Status.SENT.value, now, json.dumps(refused), smtp_code, now, message.pk, claim.token,
+             Status.SENDING.value, EventType.SENT.value, now, json.dumps(details)],
+        )
+        return cursor.rowcount
 
 
 def retry_delay(attempts: int) -> timedelta:

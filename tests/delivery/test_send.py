@@ -488,3 +488,22 @@ def test_renewing_a_lease_extends_only_what_the_claim_still_holds(
     assert held == {row("kept").pk}
     assert row("kept").lease_until > first["kept"] + timedelta(seconds=200)
     assert row("stolen").lease_until == first["stolen"]
+
+
+@pytest.mark.django_db(transaction=True)  # outside a transaction, as in a worker: PostgreSQL's one-statement path
+def test_sent_outcome_and_event_are_written_together_outside_a_transaction(smtp_server: SmtpSink) -> None:
+    from tests.factories import SmtpAccountFactory, TenantFactory
+
+    tenant = TenantFactory(id="solo")
+    account = SmtpAccountFactory(tenant=tenant, host=smtp_server.host, port=smtp_server.port, user="",
+                                 password_encrypted="", security="none")
+    enqueue(tenant, message(id="m", to=["a@example.com", "gone@example.com"]))
+    smtp_server.on_rcpt("gone@example.com", 550, "5.1.1 unknown")
+    send(account)
+    stored = row("m")
+    assert (stored.status, stored.attempts, stored.lease_token, stored.smtp_code) == (Status.SENT, 1, None, 250)
+    assert stored.refused == [{"recipient": "gone@example.com", "code": 550, "reason": "550 5.1.1 unknown"}]
+    sent = MessageEvent.objects.get(message=stored)
+    assert (sent.event_type, sent.tenant_id, sent.external_id) == (EventType.SENT, "solo", "m")
+    assert sent.details["refused"] == stored.refused
+    assert sent.details["sent_ts"] == pytest.approx(stored.sent_at.timestamp())
