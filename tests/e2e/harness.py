@@ -68,6 +68,8 @@ class Stack:
             "GMP_BATCH_SECONDS": "3",
             "GMP_BACKOFF_MIN_SECONDS": "1",
             "GMP_BACKOFF_MAX_SECONDS": "3",
+            "GMP_REPORT_TIMEOUT": "2",
+            "GMP_SYNC_MIN_INTERVAL": "1",
             "PYTHONUNBUFFERED": "1",
         }
         env.update({key: str(value) for key, value in overrides.items()})

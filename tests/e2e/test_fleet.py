@@ -12,8 +12,6 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,27 +27,6 @@ from tests.factories import SmtpAccountFactory
 from tests.smtp_sink import SmtpSink
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
-
-
-@pytest.fixture
-def sink() -> Iterator[SmtpSink]:
-    with SmtpSink() as server:
-        yield server
-
-
-@pytest.fixture
-def fresh_redis() -> None:
-    redis.Redis.from_url(settings.REDIS_URL).flushdb()
-
-
-@pytest.fixture
-def stack(tmp_path: Path, fresh_redis: None) -> Iterator[Stack]:
-    fleet = Stack.for_test(tmp_path)
-    try:
-        yield fleet
-    finally:
-        fleet.stop_all()
-        print(fleet.logs())  # shown by pytest when the test failed
 
 
 def make_tenants(sink: SmtpSink, count: int, **account: Any) -> list[tuple[Tenant, str]]:

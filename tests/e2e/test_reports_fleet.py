@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-import redis
 import requests
-from django.conf import settings
 
 from queueing.models import MessageEvent, Status
 from tests.e2e.harness import Stack
@@ -21,21 +17,14 @@ from tests.tenant_app import Answer, Call, TenantApp
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
 
-@pytest.fixture
-def sink() -> Iterator[SmtpSink]:
-    with SmtpSink() as server:
-        yield server
-
-
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[Stack]:
-    redis.Redis.from_url(settings.REDIS_URL).flushdb()
-    fleet = Stack.for_test(tmp_path, GMP_REPORT_TIMEOUT=2, GMP_SYNC_MIN_INTERVAL=1)
-    try:
-        yield fleet
-    finally:
-        fleet.stop_all()
-        print(fleet.logs())
+def with_app(stack: Stack, sink: SmtpSink, app: TenantApp) -> tuple[str, str]:
+    """A tenant whose reports go to `app`; the web, one worker (2 processes) and beat running."""
+    [(tenant, key)] = make_tenants(sink, 1)
+    type(tenant).objects.filter(pk=tenant.pk).update(client_base_url=app.url)
+    url = stack.start_web()
+    stack.start_worker("w1", concurrency=2)
+    stack.start_beat()
+    return url, key
 
 
 def sent_reports(app: TenantApp) -> dict[str, float]:
@@ -45,11 +34,7 @@ def sent_reports(app: TenantApp) -> dict[str, float]:
 
 def test_report_arrives_within_two_seconds_of_the_send(stack: Stack, sink: SmtpSink) -> None:
     with TenantApp() as app:
-        [(tenant, key)] = make_tenants(sink, 1)
-        type(tenant).objects.filter(pk=tenant.pk).update(client_base_url=app.url)
-        url = stack.start_web()
-        stack.start_worker("w1", concurrency=2)
-        stack.start_beat()
+        url, key = with_app(stack, sink, app)
         lags = []
         for index in range(5):
             submit(url, key, [f"m{index}"], priority="immediate")
@@ -63,11 +48,7 @@ def test_report_arrives_within_two_seconds_of_the_send(stack: Stack, sink: SmtpS
 def test_seed_client_flow_drains_its_outbox_in_four_calls(stack: Stack, sink: SmtpSink) -> None:
     """The app answers `queued: n` and then submits its outbox two messages at a time."""
     with TenantApp() as app:
-        [(tenant, key)] = make_tenants(sink, 1)
-        type(tenant).objects.filter(pk=tenant.pk).update(client_base_url=app.url)
-        url = stack.start_web()
-        stack.start_worker("w1", concurrency=2)
-        stack.start_beat()
+        url, key = with_app(stack, sink, app)
         outbox = [f"app-{i}" for i in range(5)]
         draining: list[int] = []
 
