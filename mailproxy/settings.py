@@ -186,6 +186,16 @@ GMP_CLEANUP_INTERVAL_SECONDS = env_int("GMP_CLEANUP_INTERVAL_SECONDS", 3600, min
 GMP_ALLOWED_HOSTS = env_list("GMP_ALLOWED_HOSTS")
 GMP_FETCH_TIMEOUT = env_float("GMP_FETCH_TIMEOUT", 30.0, minimum=0.1)
 
+# --- Attachments ----------------------------------------------------------------------------
+# Folders `filesystem` attachments may be read from (nothing outside them, no symlinks out).
+GMP_ATTACHMENT_BASE_DIRS = env_list("GMP_ATTACHMENT_BASE_DIRS")
+GMP_MAX_ATTACHMENT_MB = env_int("GMP_MAX_ATTACHMENT_MB", 25, minimum=1)
+GMP_MAX_CONCURRENT_FETCHES = env_int("GMP_MAX_CONCURRENT_FETCHES", 4, minimum=1)
+GMP_CACHE_MEMORY_MB = env_int("GMP_CACHE_MEMORY_MB", 64, minimum=0)
+GMP_CACHE_DIR = env_str("GMP_CACHE_DIR", str(DATA_DIR / "attachment-cache"))
+GMP_CACHE_DISK_MB = env_int("GMP_CACHE_DISK_MB", 1024, minimum=0)
+GMP_CACHE_TTL = env_int("GMP_CACHE_TTL", 3600, minimum=0)
+
 _explicit_broker = env_str("CELERY_BROKER_URL", "")
 if _explicit_broker:
     CELERY_BROKER_URL = _explicit_broker
