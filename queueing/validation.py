@@ -7,7 +7,10 @@ offending value. The documented shape for OpenAPI is `serializers.MessageInSeria
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -15,8 +18,10 @@ from email.headerregistry import Address
 from functools import lru_cache
 from typing import Any
 
+from django.conf import settings
 from email_validator import EmailNotValidError, validate_email
 
+from mailproxy import safehttp
 from queueing.models import PRIORITY_BY_LABEL, ContentType
 
 MAX_ID_LENGTH = 200
@@ -266,8 +271,51 @@ def _attachments(raw: dict[str, Any]) -> list[dict[str, Any]]:
         auth = item.get("auth")
         if auth is not None and not isinstance(auth, dict):
             raise Invalid(f"{name}.auth", "must be an object")
+        problem = _source_problem(mode or infer_fetch_mode(path), path)
+        if problem:
+            raise Invalid(f"{name}.storage_path", problem)
         result.append(item)
     return result
+
+
+def infer_fetch_mode(storage_path: str) -> str:
+    """SPEC §8: `base64:` → base64, an http(s) URL → http_url, `/…` → filesystem, else endpoint."""
+    if storage_path.startswith("base64:"):
+        return "base64"
+    if storage_path.startswith(("http://", "https://")):
+        return "http_url"
+    if storage_path.startswith("/"):
+        return "filesystem"
+    return "endpoint"
+
+
+def inside_base_dirs(path: str) -> str | None:
+    """The real path of `path` if it lies inside GMP_ATTACHMENT_BASE_DIRS (symlinks resolved), else None."""
+    bases = [os.path.realpath(base) for base in settings.GMP_ATTACHMENT_BASE_DIRS]
+    if not bases:
+        return None
+    real = os.path.realpath(path if os.path.isabs(path) else os.path.join(bases[0], path))
+    if any(real == base or real.startswith(base + os.sep) for base in bases):
+        return real
+    return None
+
+
+def _source_problem(mode: str, path: str) -> str | None:
+    """What can be refused before the worker tries: bad base64, a path outside, a forbidden address."""
+    if mode == "base64":
+        try:
+            base64.b64decode(path.removeprefix("base64:"), validate=True)
+        except (binascii.Error, ValueError):
+            return "is not valid base64"
+    elif mode == "filesystem":
+        if inside_base_dirs(path) is None:
+            return f"{path!r} is not inside the folders attachments may be read from (GMP_ATTACHMENT_BASE_DIRS)"
+    elif mode == "http_url":
+        try:
+            safehttp.check_literal(path)
+        except safehttp.OutboundRefused as exc:
+            return str(exc)
+    return None
 
 
 def parse_message(raw: Any, *, now: datetime) -> MessageIn:

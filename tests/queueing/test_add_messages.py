@@ -308,3 +308,34 @@ def test_concurrent_requests_with_the_same_id_store_one_row(client_for: Any) -> 
     assert len(answers) == 50
     assert all(answer == {"ok": True, "queued": 1, "rejected": []} for answer in answers)
     assert Message.objects.filter(tenant=tenant, external_id="same").count() == 1
+
+
+@pytest.mark.parametrize(("attachment", "reason"), [
+    ({"filename": "a.txt", "storage_path": "base64:not base64!"}, "is not valid base64"),
+    ({"filename": "a.txt", "storage_path": "/etc/passwd"}, "is not inside the folders attachments may be read"),
+    ({"filename": "a.txt", "storage_path": "http://169.254.169.254/latest/meta-data"}, "is not public"),
+    ({"filename": "a.txt", "storage_path": "x", "fetch_mode": "base64"}, "is not valid base64"),
+])
+def test_attachments_that_cannot_work_are_refused_at_enqueue(
+    tenant_client: APIClient, account: SmtpAccount, attachment: dict[str, Any], reason: str, tmp_path: Any
+) -> None:
+    with override_settings(GMP_ATTACHMENT_BASE_DIRS=[str(tmp_path)], GMP_ALLOWED_HOSTS=[]):
+        body = add(tenant_client, message(attachments=[attachment])).json()
+    assert body["queued"] == 0
+    assert body["rejected"][0]["field"] == "messages[0].attachments[0].storage_path"
+    assert reason in body["rejected"][0]["reason"]
+
+
+def test_attachment_sources_that_can_work_are_accepted(
+    tenant_client: APIClient, account: SmtpAccount, tmp_path: Any
+) -> None:
+    (tmp_path / "doc.pdf").write_bytes(b"%PDF")
+    with override_settings(GMP_ATTACHMENT_BASE_DIRS=[str(tmp_path)]):
+        body = add(tenant_client, message(attachments=[
+            {"filename": "a.txt", "storage_path": "base64:SGVsbG8="},
+            {"filename": "doc.pdf", "storage_path": str(tmp_path / "doc.pdf")},
+            {"filename": "rel.pdf", "storage_path": "doc.pdf", "fetch_mode": "filesystem"},
+            {"filename": "web.pdf", "storage_path": "https://files.example.com/doc.pdf"},
+            {"filename": "crm.pdf", "storage_path": "doc_id=123"},
+        ])).json()
+    assert body == {"ok": True, "queued": 1, "rejected": []}
