@@ -193,7 +193,6 @@ class Pool:
     def __init__(self) -> None:
         self._pid = os.getpid()
         self._idle: dict[int, list[_Pooled]] = {}
-        self.opened = 0  # connections opened by this process (for the benchmark and tests)
 
     def _check_process(self) -> None:
         if os.getpid() != self._pid:  # a forked child must not talk on its parent's sockets
@@ -214,7 +213,6 @@ class Pool:
                 continue
             return pooled
         client = connect(account)
-        self.opened += 1
         return _Pooled(client=client, account_version=account.updated_at, opened=now, last_used=now)
 
     def release(self, account: SmtpAccount, pooled: _Pooled, *, broken: bool = False) -> None:
