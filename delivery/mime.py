@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
-import mimetypes
+from collections.abc import Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.policy import SMTP, SMTPUTF8
@@ -12,17 +10,11 @@ from email.utils import format_datetime, getaddresses
 
 from django.utils import timezone
 
+from delivery.attachments import Attachment
+from delivery.largefiles import Link, render_links_html, render_links_text
 from queueing.models import ContentType, Message
 
 PROXY_ID_HEADERS = ("X-Mail-Proxy-ID", "X-Genro-Mail-ID")
-
-
-class AttachmentError(Exception):
-    """An attachment cannot be had; `permanent` says whether trying again could help."""
-
-    def __init__(self, message: str, *, permanent: bool) -> None:
-        super().__init__(message)
-        self.permanent = permanent
 
 
 @dataclass(frozen=True)
@@ -33,31 +25,31 @@ class Envelope:
     smtputf8: bool
 
 
+def _with_text_links(body: str, links: Sequence[Link]) -> str:
+    return f"{body.rstrip()}\n\n{render_links_text(list(links))}" if links else body
+
+
+def _with_html_links(body: str, links: Sequence[Link]) -> str:
+    if not links:
+        return body
+    block = render_links_html(list(links))
+    closing = body.lower().rfind("</body>")
+    return body[:closing] + block + body[closing:] if closing >= 0 else body + block
+
+
 def addr_spec(address: str) -> str:
     """The bare `local@domain` of `Name <local@domain>`."""
     parsed = getaddresses([address])
     return parsed[0][1] if parsed and parsed[0][1] else address
 
 
-def _load_attachment(item: dict[str, object]) -> tuple[str, str, bytes]:
-    filename = str(item["filename"])
-    path = str(item["storage_path"])
-    mode = item.get("fetch_mode") or ("base64" if path.startswith("base64:") else None)
-    if mode != "base64":
-        # Fetching from files, URLs and the tenant's endpoint is a separate component; until
-        # it is installed such a message fails clearly instead of going out without its file.
-        raise AttachmentError(f"attachment {filename!r}: fetch mode {mode or 'inferred'!r} is not available",
-                              permanent=True)
-    try:
-        content = base64.b64decode(path.removeprefix("base64:"), validate=True)
-    except (binascii.Error, ValueError):
-        raise AttachmentError(f"attachment {filename!r}: storage_path is not valid base64", permanent=True) from None
-    mime_type = str(item.get("mime_type") or mimetypes.guess_type(filename)[0] or "application/octet-stream")
-    return filename, mime_type, content
+def build_envelope(message: Message, *, recipients: list[str] | None = None,
+                   attachments: Sequence[Attachment] = (), links: Sequence[Link] = ()) -> Envelope:
+    """The bytes to send and the SMTP envelope: Bcc only in the envelope, never in a header.
 
-
-def build_envelope(message: Message, *, recipients: list[str] | None = None) -> Envelope:
-    """The bytes to send and the SMTP envelope: Bcc only in the envelope, never in a header."""
+    `attachments` are the fetched files to attach; `links` the ones moved to storage,
+    listed at the end of the text and HTML bodies.
+    """
     mail = EmailMessage()
     mail["From"] = message.from_addr
     if message.to:
@@ -75,16 +67,17 @@ def build_envelope(message: Message, *, recipients: list[str] | None = None) -> 
         mail[name] = value
 
     if message.body_text or message.body_html:
-        mail.set_content(message.body_text or "", subtype="plain", cte="quoted-printable")
+        mail.set_content(_with_text_links(message.body_text or "", links), subtype="plain", cte="quoted-printable")
         if message.body_html:
-            mail.add_alternative(message.body_html, subtype="html", cte="quoted-printable")
+            mail.add_alternative(_with_html_links(message.body_html, links), subtype="html", cte="quoted-printable")
+    elif message.content_type == ContentType.HTML:
+        mail.set_content(_with_html_links(message.body or "", links), subtype="html", cte="quoted-printable")
     else:
-        subtype = "html" if message.content_type == ContentType.HTML else "plain"
-        mail.set_content(message.body or "", subtype=subtype, cte="quoted-printable")
-    for item in message.attachments:
-        filename, mime_type, content = _load_attachment(item)
-        maintype, _, subtype = mime_type.partition("/")
-        mail.add_attachment(content, maintype=maintype, subtype=subtype or "octet-stream", filename=filename)
+        mail.set_content(_with_text_links(message.body or "", links), subtype="plain", cte="quoted-printable")
+    for attachment in attachments:
+        maintype, _, subtype = attachment.mime_type.partition("/")
+        mail.add_attachment(attachment.content, maintype=maintype, subtype=subtype or "octet-stream",
+                            filename=attachment.filename)
 
     everyone = [addr_spec(a) for a in (*message.to, *message.cc, *message.bcc)]
     targets = recipients if recipients is not None else list(dict.fromkeys(everyone))

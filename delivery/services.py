@@ -13,7 +13,9 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from delivery import reports, smtp
-from delivery.mime import AttachmentError, build_envelope
+from delivery.attachments import AttachmentError, fetch_attachments
+from delivery.largefiles import LargeFileError, apply_policy
+from delivery.mime import Envelope, build_envelope
 from queueing import dispatch, lifecycle
 from queueing.models import Message
 from queueing.ratelimit import Bucket, LimiterUnavailable, buckets_for, get_limiter
@@ -122,10 +124,13 @@ def send_due(*, account_pk: int) -> SendSummary:
                 if verdict == "skip":
                     continue
             try:
-                envelope = build_envelope(message, recipients=message.pending_recipients)
-            except AttachmentError as exc:
+                envelope = _prepare(account, message)
+            except (AttachmentError, LargeFileError) as exc:
                 lifecycle.record_failure(claim=claim, message=message, permanent=exc.permanent, error=str(exc))
-                summary.failed += 1
+                if exc.permanent:
+                    summary.failed += 1
+                else:
+                    summary.deferred += 1
                 continue
             if pooled is None:
                 try:
@@ -164,6 +169,21 @@ def send_due(*, account_pk: int) -> SendSummary:
                 account.external_id, account.tenant_id, summary.claimed, summary.sent, summary.failed,
                 summary.deferred, summary.released)
     return summary
+
+
+def _prepare(account: SmtpAccount, message: Message) -> Envelope:
+    """Fetch the attachments, apply the tenant's large-file policy, build the message."""
+    if not message.attachments:
+        return build_envelope(message, recipients=message.pending_recipients)
+    fetched = fetch_attachments(message.attachments, tenant=account.tenant)
+    decision = apply_policy(tenant=account.tenant, attachments=fetched)
+    if decision.reject:
+        raise LargeFileError(decision.reject, permanent=True)
+    for warning in decision.warnings:
+        logger.warning("large attachment sent anyway message=%s tenant=%s: %s", message.pk, message.tenant_id,
+                       warning)
+    return build_envelope(message, recipients=message.pending_recipients, attachments=decision.keep,
+                          links=decision.links)
 
 
 def _take_token(account: SmtpAccount, buckets: list[Bucket], message: Message, claim: lifecycle.Claim,

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from delivery import reports, services
+from delivery import largefiles, reports, services
 
 
 @shared_task(name="delivery.send_batch", acks_late=True, ignore_result=True)
@@ -21,3 +21,9 @@ def report_tenant(tenant_id: str, force: bool = False) -> None:
 def report_sweep() -> None:
     """Ring the report task of every tenant with events waiting or a heartbeat due."""
     reports.sweep()
+
+
+@shared_task(name="delivery.cleanup_files", ignore_result=True)
+def cleanup_files() -> None:
+    """Remove offloaded large files whose links expired."""
+    largefiles.cleanup_expired()

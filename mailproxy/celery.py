@@ -31,6 +31,7 @@ app.conf.task_routes = {
     "delivery.report_tenant": {"queue": "reports"},
     "delivery.report_sweep": {"queue": "reports"},
     "queueing.cleanup": {"queue": "maintenance"},
+    "delivery.cleanup_files": {"queue": "maintenance"},
 }
 app.autodiscover_tasks()
 
@@ -44,3 +45,5 @@ def _schedule(sender: Celery, **kwargs: object) -> None:
     sender.add_periodic_task(1.0, sender.signature("delivery.report_sweep"), name="report sweep")
     sender.add_periodic_task(settings.GMP_CLEANUP_INTERVAL_SECONDS, sender.signature("queueing.cleanup"),
                              name="retention cleanup")
+    sender.add_periodic_task(settings.GMP_CLEANUP_INTERVAL_SECONDS, sender.signature("delivery.cleanup_files"),
+                             name="expired large files")

@@ -5,6 +5,7 @@ from django.urls import path
 from drf_spectacular.views import SpectacularJSONAPIView, SpectacularSwaggerView
 
 from delivery import api as delivery_api
+from delivery import files as delivery_files
 from mailproxy.health import HealthView
 from queueing import api as queueing_api
 from tenants import api as tenants_api
@@ -15,7 +16,8 @@ handler404 = "mailproxy.exceptions.json_not_found"
 handler500 = "mailproxy.exceptions.json_server_error"
 
 # Endpoints open without a token; everything else needs X-API-Token (tests walk this list).
-PUBLIC_URL_NAMES = frozenset({"health", "openapi", "docs"})
+# `stored-file` is a signed, expiring link: the token is the capability.
+PUBLIC_URL_NAMES = frozenset({"health", "openapi", "docs", "stored-file"})
 
 urlpatterns = [
     path("health", HealthView.as_view(), name="health"),
@@ -42,5 +44,6 @@ urlpatterns = [
     path("tenant/<str:tenant_id>/api-keys/<str:prefix>", tenants_api.ApiKeyDetailView.as_view(), name="api-key"),
     path("tenant/<str:tenant_id>/api-keys/<str:prefix>/rotate", tenants_api.ApiKeyRotateView.as_view(),
          name="api-key-rotate"),
+    path("files/<str:token>", delivery_files.download, name="stored-file"),
     path("admin/", admin.site.urls),
 ]

@@ -282,7 +282,7 @@ def infer_fetch_mode(storage_path: str) -> str:
     """SPEC §8: `base64:` → base64, an http(s) URL → http_url, `/…` → filesystem, else endpoint."""
     if storage_path.startswith("base64:"):
         return "base64"
-    if storage_path.startswith(("http://", "https://")):
+    if storage_path[:8].lower().startswith(("http://", "https://")):
         return "http_url"
     if storage_path.startswith("/"):
         return "filesystem"
@@ -291,11 +291,11 @@ def infer_fetch_mode(storage_path: str) -> str:
 
 def inside_base_dirs(path: str) -> str | None:
     """The real path of `path` if it lies inside GMP_ATTACHMENT_BASE_DIRS (symlinks resolved), else None."""
-    bases = [os.path.realpath(base) for base in settings.GMP_ATTACHMENT_BASE_DIRS]
-    if not bases:
+    bases = [os.path.realpath(os.path.expanduser(folder)) for folder in settings.GMP_ATTACHMENT_BASE_DIRS if folder]
+    if not bases or "\x00" in path:
         return None
-    real = os.path.realpath(path if os.path.isabs(path) else os.path.join(bases[0], path))
-    if any(real == base or real.startswith(base + os.sep) for base in bases):
+    real = os.path.realpath(os.path.join(bases[0], path))  # join keeps an absolute path as is
+    if any(os.path.commonpath([real, base]) == base for base in bases):
         return real
     return None
 

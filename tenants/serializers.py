@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 from rest_framework import serializers
 
 from mailproxy import safehttp
+from tenants.large_files import validate_large_file_config
 from tenants.models import ApiKey, AuthMethod, LimitBehavior, Security, SmtpAccount, Tenant
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,99}$"
@@ -108,13 +109,10 @@ class TenantInSerializer(serializers.Serializer):
         return value
 
     def validate_large_file_config(self, value: dict[str, Any]) -> dict[str, Any]:
-        allowed = {"enabled", "max_size_mb", "storage_url", "public_base_url", "file_ttl_days", "action"}
-        unknown = sorted(set(value) - allowed)
-        if unknown:
-            raise serializers.ValidationError(f"unknown key {unknown[0]!r}")
-        if "action" in value and value["action"] not in ("warn", "reject", "rewrite"):
-            raise serializers.ValidationError("action must be warn, reject or rewrite")
-        return value
+        try:
+            return validate_large_file_config(value)
+        except ValueError as exc:
+            raise serializers.ValidationError(str(exc)) from None
 
 
 class TenantOutSerializer(serializers.ModelSerializer):

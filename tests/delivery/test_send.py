@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import time
 from datetime import timedelta
 from typing import Any
@@ -507,3 +508,60 @@ def test_sent_outcome_and_event_are_written_together_outside_a_transaction(smtp_
     assert (sent.event_type, sent.tenant_id, sent.external_id) == (EventType.SENT, "solo", "m")
     assert sent.details["refused"] == stored.refused
     assert sent.details["sent_ts"] == pytest.approx(stored.sent_at.timestamp())
+
+
+def test_url_attachment_is_fetched_and_attached(
+    tenant: Tenant, smtp_account: SmtpAccount, smtp_server: SmtpSink, files: Any
+) -> None:
+    url = files.route("/invoice.pdf", b"%PDF-1.4 invoice")
+    enqueue(tenant, message(id="m", attachments=[{"filename": "invoice.pdf", "storage_path": url}]))
+    send(smtp_account)
+    attachment = next(smtp_server.wait_for(1)[0].message.iter_attachments())
+    assert (attachment.get_filename(), attachment.get_content_type()) == ("invoice.pdf", "application/pdf")
+    assert attachment.get_content() == b"%PDF-1.4 invoice"
+
+
+@FAST_RETRIES
+def test_attachment_server_error_defers_and_404_fails_naming_the_file(
+    tenant: Tenant, smtp_account: SmtpAccount, smtp_server: SmtpSink, files: Any
+) -> None:
+    flaky = files.route("/flaky.pdf", b"", status=503)
+    gone = files.route("/gone.pdf", b"", status=404)
+    enqueue(tenant, message(id="flaky", attachments=[{"filename": "flaky.pdf", "storage_path": flaky}]),
+            message(id="gone", attachments=[{"filename": "gone.pdf", "storage_path": gone}]))
+    send(smtp_account)
+    assert (row("flaky").status, row("gone").status) == (Status.DEFERRED, Status.ERROR)
+    assert "gone.pdf" in row("gone").last_error
+    assert smtp_server.messages == []
+
+
+def test_large_attachment_is_offloaded_and_linked_in_the_body(
+    tenant: Tenant, smtp_account: SmtpAccount, smtp_server: SmtpSink, tmp_path: Any
+) -> None:
+    big = base64.b64encode(b"x" * (2 * 1024 * 1024)).decode()
+    Tenant.objects.filter(pk=tenant.pk).update(large_file_config={
+        "enabled": True, "max_size_mb": 1, "action": "rewrite", "storage_url": f"file://{tmp_path}",
+        "public_base_url": "https://mail.example.com"})
+    tenant.refresh_from_db()
+    enqueue(tenant, message(id="m", attachments=[{"filename": "big.bin", "storage_path": f"base64:{big}"},
+                                                 {"filename": "small.txt", "storage_path": "base64:SGk="}]))
+    send(smtp_account)
+    mail = smtp_server.wait_for(1)[0].message
+    assert [a.get_filename() for a in mail.iter_attachments()] == ["small.txt"]
+    body = mail.get_body(("plain",)).get_content()
+    assert "big.bin" in body
+    assert "https://mail.example.com/files/" in body
+    assert row("m").status == Status.SENT
+
+
+def test_large_attachment_rejected_by_the_tenant_policy(
+    tenant: Tenant, smtp_account: SmtpAccount, smtp_server: SmtpSink
+) -> None:
+    big = base64.b64encode(b"x" * (2 * 1024 * 1024)).decode()
+    Tenant.objects.filter(pk=tenant.pk).update(large_file_config={"enabled": True, "max_size_mb": 1,
+                                                                  "action": "reject"})
+    enqueue(tenant, message(id="m", attachments=[{"filename": "big.bin", "storage_path": f"base64:{big}"}]))
+    send(smtp_account)
+    assert row("m").status == Status.ERROR
+    assert row("m").last_error == "attachment big.bin is 2.0 MB, over the tenant limit of 1.0 MB"
+    assert smtp_server.messages == []
