@@ -3,8 +3,10 @@
 On a fresh PostgreSQL database and Redis db 12 (flushed), measures the enqueue rate, the delivery
 rate (first half, second half, overall) from the sink's timestamps, enqueue → SMTP latency per
 message, the latency of single `immediate` messages, the workers' peak RSS, the SMTP connections
-used, and a bare smtplib loop over one connection to the same sink as the physical limit. Checks
-that every message arrived exactly once (exit 1 if any is missing). Prints a Markdown table.
+used, and a bare smtplib loop over one connection to the same sink as the physical limit. A tenant
+application in a thread receives the delivery reports: the report lag (event → acknowledged) of the
+bulk run and of the single messages, and the report requests made. Checks that every message arrived
+exactly once and every event was reported (exit 1 if not). Prints a Markdown table.
 
     .venv/bin/python bench/throughput.py [-n 5000] [--workers 2] [--timeout 300] [--keep]
 
@@ -30,12 +32,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
 from email.utils import format_datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +91,52 @@ class Sink:
 
     def clear(self) -> None:
         self.received, self.connections = [], 0
+
+
+class TenantApp:
+    """The tenant's application in a thread: answers every report POST with 200, counts requests and items."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.port = 0
+        self.requests = 0
+        self.empty = 0  # requests without items (heartbeats)
+        self.copies: collections.Counter[str] = collections.Counter()  # event_id → times received
+
+    def snapshot(self) -> tuple[int, int, int]:
+        """Requests, requests without items, items received so far."""
+        with self.lock:
+            return self.requests, self.empty, self.copies.total()
+
+    def start(self) -> ThreadingHTTPServer:
+        app = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                try:
+                    items = json.loads(body or b"{}").get("delivery_report") or []
+                except (ValueError, AttributeError):
+                    items = []
+                with app.lock:
+                    app.requests += 1
+                    app.empty += not items
+                    app.copies.update(str(item.get("event_id")) for item in items if isinstance(item, dict))
+                answer = b'{"ok": true, "queued": 0}'
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server.daemon_threads = True
+        self.port = int(server.server_address[1])
+        threading.Thread(target=server.serve_forever, name="tenant-app", daemon=True).start()
+        return server
 
 
 def drop_database(server: str, name: str, *, recreate: bool = False) -> None:
@@ -157,6 +207,7 @@ class Fleet:
     base: str
     db: psycopg.Connection[tuple[Any, ...]]
     sink: Sink
+    tenant: TenantApp
     procs: dict[str, subprocess.Popen[bytes]]
     session: requests.Session = field(default_factory=requests.Session)
 
@@ -175,9 +226,24 @@ class Fleet:
         if response.status_code != 200 or response.json().get("queued", 0) != len(body.get("messages", [])):
             raise BenchError(f"POST {path} answered {response.status_code}: {response.text[:500]}")
 
+    def put(self, path: str, body: dict[str, Any]) -> None:
+        response = self.session.put(f"{self.base}{path}", json=body, timeout=60)
+        if response.status_code != 200 or not response.json().get("ok"):
+            raise BenchError(f"PUT {path} answered {response.status_code}: {response.text[:500]}")
+
     def scalar(self, sql: str, *params: object) -> Any:
         row = self.db.execute(sql, params).fetchone()
         return None if row is None else row[0]
+
+    def settled(self, condition: Any, what: str, timeout: float) -> bool:
+        """As wait, but a timeout is an answer (False), not an error; a process that exited still is."""
+        try:
+            self.wait(condition, what, timeout)
+        except BenchError:
+            if any(proc.poll() is not None for proc in self.procs.values()):
+                raise
+            return False
+        return True
 
 
 def rates(times: list[float]) -> tuple[float, float, float]:
@@ -189,9 +255,17 @@ def rates(times: list[float]) -> tuple[float, float, float]:
             (len(times) - 1) / (times[-1] - times[0]))
 
 
-def immediate_latencies(fleet: Fleet, count: int = 20) -> list[float]:
-    """Milliseconds from the HTTP answer to the sink's receipt, one immediate message at a time."""
-    latencies = []
+UNREPORTED = "SELECT count(*) FROM queueing_messageevent WHERE reported_at IS NULL"
+REPORT_LAG = ("SELECT EXTRACT(EPOCH FROM reported_at - occurred_at)::float8 FROM queueing_messageevent "
+              "WHERE event_type = 'sent' AND reported_at IS NOT NULL")
+REPORT_WAIT = 30  # seconds, per single message: above GMP_RING_SECONDS (20) and a report sweep (1)
+
+
+def immediate_latencies(fleet: Fleet, count: int = 20) -> tuple[list[float], int]:
+    """Milliseconds from the HTTP answer to the sink's receipt, one immediate message at a time (the next
+    once the previous one's report is acknowledged); and how many reports took over REPORT_WAIT."""
+    latencies, late = [], 0
+    reported = "SELECT reported_at IS NOT NULL FROM queueing_messageevent WHERE external_id = %s"
     for k in range(1, count + 1):
         mid = f"<imm-{k}@example.com>"
         fleet.post("/commands/add-messages", {"messages": [
@@ -201,8 +275,9 @@ def immediate_latencies(fleet: Fleet, count: int = 20) -> list[float]:
         latencies.append((next(at for at, m in reversed(fleet.sink.received) if m == mid) - answered) * 1000)
         fleet.wait(lambda k=k: fleet.scalar("SELECT status FROM queueing_message WHERE external_id = %s",
                                             f"imm-{k}") == "sent", f"immediate {mid} recorded", 10)
+        late += not fleet.settled(lambda k=k: fleet.scalar(reported, f"imm-{k}"), f"report of {mid}", REPORT_WAIT)
         time.sleep(0.2)  # the worker is idle again and the queue empty
-    return latencies
+    return latencies, late
 
 
 def check_ledger(fleet: Fleet) -> int:
@@ -220,15 +295,36 @@ def check_ledger(fleet: Fleet) -> int:
     return len(missing)
 
 
+def check_reports(fleet: Fleet) -> bool:
+    """Wait for every event to be acknowledged; print the tenant's ledger; whether each was reported."""
+    fleet.settled(lambda: fleet.scalar(UNREPORTED) == 0, "every event reported", 60)
+    unreported = fleet.scalar(UNREPORTED)
+    requests_made, empty, items = fleet.tenant.snapshot()
+    with fleet.tenant.lock:
+        copies = collections.Counter(fleet.tenant.copies)
+    expected = [str(pk) for (pk,) in fleet.db.execute("SELECT id FROM queueing_messageevent")]
+    missing = [pk for pk in expected if copies[pk] == 0]
+    duplicated = sorted(f"{pk} (x{n})" for pk, n in copies.items() if n > 1)
+    print(f"reports: {len(expected):,} events, {unreported} unreported; the tenant received {requests_made} "
+          f"requests ({empty} without items), {items:,} items, {len(missing)} events missing, "
+          f"{len(duplicated)} duplicated")
+    for label, pks in (("missing", missing), ("duplicated", duplicated)):
+        if pks:
+            print(f"  {label} event_id: {', '.join(pks[:20])}{' …' if len(pks) > 20 else ''}")
+    return unreported == 0 and items >= len(expected) and not missing
+
+
 def run(args: argparse.Namespace, fleet: Fleet, env: dict[str, str], port: int,
-        bare_rate: float) -> tuple[list[str], bool]:
-    """The measurements, as the table for README.md, and whether every message arrived."""
+        bare_rate: float) -> tuple[list[str], bool, bool]:
+    """The measurements, as the table for README.md; whether every message arrived; whether every event
+    was reported."""
     fleet.wait(lambda: healthy(fleet.base), "web /health", 30)
     names = [f"w{i}@{socket.gethostname()}" for i in range(1, args.workers + 1)]
     fleet.wait(lambda: workers_ready(env, names), "the workers to answer a ping", 60)
     fleet.session.headers["X-API-Token"] = env["GMP_API_TOKEN"]
     fleet.post("/account", {"id": "main", "host": "127.0.0.1", "port": port, "security": "none", "timeout": 10,
                             "batch_size": 50})
+    fleet.put("/tenant/default", {"client_base_url": f"http://127.0.0.1:{fleet.tenant.port}"})
 
     started = time.time()
     for first in range(1, args.n + 1, 1000):
@@ -257,11 +353,29 @@ def run(args: argparse.Namespace, fleet: Fleet, env: dict[str, str], port: int,
     created = dict(fleet.db.execute("SELECT message_id, extract(epoch FROM created_at)::float8 FROM queueing_message"))
     latency = sorted(at - created[mid] for at, mid in bulk if mid in created)
 
-    immediate = immediate_latencies(fleet) if complete else [0.0]
+    settled = fleet.settled(lambda: fleet.scalar(UNREPORTED) == 0, "every event of the bulk run reported", 60)
+    bulk_requests, bulk_empty, bulk_items = fleet.tenant.snapshot()
+    events = fleet.scalar("SELECT count(*) FROM queueing_messageevent")
+    lags = sorted(lag for (lag,) in fleet.db.execute(REPORT_LAG))
+    bulk_lag = "none acknowledged" if not lags else (
+        f"{statistics.median(lags):.2f} s / "
+        f"{statistics.quantiles(lags, n=100, method='inclusive')[98] if len(lags) > 1 else lags[0]:.2f} s")
+    print(f"reports, bulk run: {events:,} events, {fleet.scalar(UNREPORTED):,} unreported"
+          f"{'' if settled else ' after 60 s'}; {bulk_requests} requests ({bulk_empty} without items), "
+          f"{bulk_items:,} items; lag event → acknowledged p50 / p99 {bulk_lag}"
+          f"{f', max {lags[-1]:.2f} s' if lags else ''}")
+
+    immediate, late = immediate_latencies(fleet) if complete else ([0.0], 0)
     print(f"immediate, HTTP answer → SMTP: p50 {statistics.median(immediate):.1f} ms, max {max(immediate):.1f} ms")
     rss = {name: peak_rss_mb(proc.pid) for name, proc in fleet.procs.items() if name.startswith("worker")}
     print("peak RSS per worker: " + ", ".join(f"{name} {mb:.0f} MB" for name, mb in rss.items()))
     complete = check_ledger(fleet) == 0 and complete
+    reported = check_reports(fleet)
+    singles = sorted(lag * 1000 for (lag,) in fleet.db.execute(f"{REPORT_LAG} AND external_id LIKE 'imm-%'"))
+    single_lag = f"{statistics.median(singles):.0f} ms / {max(singles):.0f} ms" if singles else "none acknowledged"
+    print(f"immediate, sent → report acknowledged: p50 / max {single_lag} over {len(singles)} messages"
+          f"{f', {late} acknowledged after more than {REPORT_WAIT} s' if late else ''}; "
+          f"{sum(lag > 1000 for lag in singles)} over 1 s")
 
     version = str(fleet.scalar("SELECT version()")).split(" on ")[0]
     p99 = statistics.quantiles(latency, n=100, method="inclusive")[98]
@@ -280,7 +394,11 @@ def run(args: argparse.Namespace, fleet: Fleet, env: dict[str, str], port: int,
         f"| worker peak RSS | {max(rss.values()):.0f} MB | ≤ 150 MB |",
         f"| SMTP connections for {args.n:,} messages | {connections} | a handful |",
         f"| bare smtplib loop | {bare_rate:,.0f} msg/s | — |",
-    ], complete
+        f"| report lag (event → acknowledged), bulk run, p50 / p99 | {bulk_lag} | — |",
+        f"| report lag, single immediate messages, p50 / max | {single_lag} | ≤ 1 s p50 |",
+        f"| report requests for {events:,} events | {bulk_requests - bulk_empty}"
+        f"{f' (+ {bulk_empty} without events)' if bulk_empty else ''} | — |",
+    ], complete, reported
 
 
 def main() -> int:
@@ -304,6 +422,7 @@ def main() -> int:
         "MAIL_PROXY_ENCRYPTION_KEY": base64.b64encode(os.urandom(32)).decode(),
         "DJANGO_SECRET_KEY": secrets.token_urlsafe(50)[:50], "GMP_DATA_DIR": str(work),
         "DJANGO_SETTINGS_MODULE": "mailproxy.settings", "PYTHONUNBUFFERED": "1",
+        "GMP_ALLOWED_HOSTS": "127.0.0.1",  # the tenant application below listens on loopback
     }
     celery = [sys.executable, "-m", "celery", "-A", "mailproxy"]
     web_port = free_port()
@@ -315,8 +434,9 @@ def main() -> int:
                           "--without-mingle", "--without-heartbeat"] for i in range(1, args.workers + 1)},
     }
     procs: dict[str, subprocess.Popen[bytes]] = {}
-    sink = Sink()
+    sink, tenant = Sink(), TenantApp()
     controller: Controller | None = None
+    tenant_server: ThreadingHTTPServer | None = None
     try:
         drop_database(server_url, args.database, recreate=True)
         redis.Redis.from_url(redis_url).flushdb()
@@ -329,13 +449,14 @@ def main() -> int:
             bare_rate = pool.apply(bare_loop, (controller.port, bare_count))
         print(f"bare smtplib loop: {bare_count:,} messages over one connection, {bare_rate:,.0f} msg/s")
         sink.clear()
+        tenant_server = tenant.start()
         for name, argv in commands.items():
             with (work / f"{name}.log").open("wb") as log:
                 procs[name] = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                                                start_new_session=True)
         with psycopg.connect(db_url, autocommit=True) as db:
-            table, complete = run(args, Fleet(base=f"http://127.0.0.1:{web_port}", db=db, sink=sink, procs=procs), env,
-                        controller.port, bare_rate)
+            fleet = Fleet(base=f"http://127.0.0.1:{web_port}", db=db, sink=sink, tenant=tenant, procs=procs)
+            table, complete, reported = run(args, fleet, env, controller.port, bare_rate)
     except (BenchError, subprocess.CalledProcessError, requests.RequestException, OSError) as exc:
         print(f"benchmark failed: {exc}", file=sys.stderr)
         for name in procs:
@@ -350,6 +471,9 @@ def main() -> int:
             stop_group(proc)
         if controller is not None:
             controller.stop()
+        if tenant_server is not None:
+            tenant_server.shutdown()
+            tenant_server.server_close()
         if args.keep:
             print(f"kept the database {args.database} and the logs in {work}")
         else:
@@ -359,7 +483,9 @@ def main() -> int:
     print("\n".join(table))
     if not complete:
         print("\nFAILED: some messages never reached the SMTP server", file=sys.stderr)
-    return 0 if complete else 1
+    if not reported:
+        print("\nFAILED: some events were never reported to the tenant", file=sys.stderr)
+    return 0 if complete and reported else 1
 
 
 if __name__ == "__main__":

@@ -185,6 +185,9 @@ def report_tenant(*, tenant_id: str, force: bool = False) -> int:
     # Longer than one call can take; renewed before each call of the run.
     lease = settings.GMP_REPORT_TIMEOUT * 2 + 10
     if not _claim(tenant_id, lease):
+        # Another run is at work. Give the ring back, so the next sweep or send can ring
+        # again: events recorded after that run's last look must not wait for the mark to expire.
+        Tenant.objects.filter(pk=tenant_id).update(sync_ring_until=None)
         return 0
     calls = 0
     call_anyway = force  # a call is wanted even with nothing to report (run-now, `queued > 0`)
@@ -226,9 +229,11 @@ def report_tenant(*, tenant_id: str, force: bool = False) -> int:
                 break
     finally:
         Tenant.objects.filter(pk=tenant_id).update(sync_lease_until=None)
-    # A submission that arrived while we held the lease could not ring us: look once more.
+    # Events or submissions that arrived while we held the lease could not ring us: look once more.
     latest = Tenant.objects.filter(pk=tenant_id).first()
-    if latest is not None and latest.sync_expect_more and _submitted_since(latest, latest.sync_last_call_at):
+    if latest is not None and not (latest.sync_retry_at and latest.sync_retry_at > timezone.now()) and (
+        outbox(latest, 1) or (latest.sync_expect_more and _submitted_since(latest, latest.sync_last_call_at))
+    ):
         ring_reports([tenant_id])
     return calls
 

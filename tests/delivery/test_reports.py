@@ -353,3 +353,13 @@ def test_retention_removes_only_acknowledged_final_messages(
     Message.objects.update(updated_at=timezone.now() - timedelta(days=8))
     assert cleanup_messages(tenant=None) == 1
     assert list(Message.objects.values_list("external_id", "status")) == [("b", Status.SENT)]
+
+
+def test_a_run_that_finds_the_lease_taken_gives_its_ring_back(tenant: Tenant, tenant_app: TenantApp) -> None:
+    point(tenant, tenant_app)
+    event(tenant, "m", sent_ts=1.0)
+    assert reports.ring_reports(["acme"]) == ["acme"]
+    Tenant.objects.filter(pk=tenant.pk).update(sync_lease_until=timezone.now() + timedelta(seconds=30))
+    assert run(tenant) == 0
+    assert Tenant.objects.get(pk=tenant.pk).sync_ring_until is None  # the next sweep may ring again
+    assert reports.ring_reports(["acme"]) == ["acme"]
