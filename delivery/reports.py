@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 REPORT_TASK = "delivery.report_tenant"
 MAX_CALLS_PER_RUN = 50
 MAX_ANSWER_BYTES = 1024 * 1024
+COALESCE_SECONDS = 0.2
 # Per event type, the fields of the item besides the common ones (SPEC §7); `possible_duplicate`
 # and, for deferrals, the error text are added when present.
 ITEM_FIELDS: dict[str, tuple[str, ...]] = {
@@ -258,7 +259,12 @@ def ring_reports(tenant_ids: list[str]) -> list[str]:
     now = timezone.now()
     with transaction.atomic():
         rung = list(Tenant.objects.filter(pk__in=tenant_ids).filter(
-            Q(sync_ring_until__isnull=True) | Q(sync_ring_until__lte=now)).values_list("id", flat=True))
+            Q(sync_ring_until__isnull=True) | Q(sync_ring_until__lte=now)
+        ).exclude(
+            # Under load, events of the next moments go together in one call (the sweep
+            # comes back within a second): fewer, fuller requests, and workers stay free to send.
+            sync_last_call_at__gt=now - timedelta(seconds=COALESCE_SECONDS)
+        ).values_list("id", flat=True))
         Tenant.objects.filter(pk__in=rung).update(sync_ring_until=now + timedelta(seconds=settings.GMP_RING_SECONDS))
     for tenant_id in rung:
         current_app.send_task(REPORT_TASK, args=[tenant_id], queue="reports", retry=False)
