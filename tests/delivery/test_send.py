@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import time
 from datetime import timedelta
 from typing import Any
@@ -565,3 +566,68 @@ def test_large_attachment_rejected_by_the_tenant_policy(
     assert row("m").status == Status.ERROR
     assert row("m").last_error == "attachment big.bin is 2.0 MB, over the tenant limit of 1.0 MB"
     assert smtp_server.messages == []
+
+
+def test_every_fetch_mode_arrives_byte_identical(
+    tenant: Tenant, smtp_account: SmtpAccount, smtp_server: SmtpSink, files: Any, tmp_path: Any
+) -> None:
+    payload = bytes(range(256)) * 40  # binary, every byte value
+    (tmp_path / "local.bin").write_bytes(payload)
+    url = files.route("/remote.bin", payload)
+    files.route("/mail-proxy/attachments", payload)  # the tenant's endpoint
+    Tenant.objects.filter(pk=tenant.pk).update(client_base_url=files.url)
+    tenant.refresh_from_db()
+    encoded = base64.b64encode(payload).decode()
+    with override_settings(GMP_ATTACHMENT_BASE_DIRS=[str(tmp_path)]):
+        enqueue(tenant, message(id="m", attachments=[
+            {"filename": "inline.bin", "storage_path": f"base64:{encoded}"},
+            {"filename": "local.bin", "storage_path": str(tmp_path / "local.bin")},
+            {"filename": "remote.bin", "storage_path": url},
+            {"filename": "Übersicht 2026.pdf", "storage_path": "doc_id=7", "fetch_mode": "endpoint"},
+        ]))
+        send(smtp_account)
+    mail = smtp_server.wait_for(1)[0].message
+    attached = {part.get_filename(): part for part in mail.iter_attachments()}
+    assert sorted(attached) == sorted(["inline.bin", "local.bin", "remote.bin", "Übersicht 2026.pdf"])
+    assert all(part.get_content() == payload for part in attached.values())
+    assert attached["Übersicht 2026.pdf"].get_content_type() == "application/pdf"
+    assert json.loads(files.last("/mail-proxy/attachments").body) == {"storage_path": "doc_id=7"}
+
+
+def test_the_same_document_in_many_messages_is_fetched_once(
+    tenant: Tenant, smtp_account: SmtpAccount, smtp_server: SmtpSink, files: Any
+) -> None:
+    url = files.route("/logo.png", b"\x89PNG logo")
+    enqueue(tenant, *[message(id=f"m{i}", attachments=[{"filename": "logo.png", "storage_path": url}])
+                      for i in range(20)])
+    send(smtp_account)
+    assert len(smtp_server.wait_for(20)) == 20
+    assert files.count("/logo.png") == 1
+
+
+def test_rewritten_attachment_link_works_then_expires(
+    tenant: Tenant, smtp_account: SmtpAccount, smtp_server: SmtpSink, tmp_path: Any, api_client: Any
+) -> None:
+    import re
+
+    from delivery.models import StoredFile
+
+    content = b"y" * (2 * 1024 * 1024 + 5)
+    Tenant.objects.filter(pk=tenant.pk).update(large_file_config={
+        "enabled": True, "max_size_mb": 1, "action": "rewrite", "storage_url": f"file://{tmp_path}",
+        "public_base_url": "http://testserver", "file_ttl_days": 1})
+    enqueue(tenant, message(id="m", body=..., body_text="see below", body_html="<p>see below</p>",
+                            attachments=[{"filename": "big.bin",
+                                          "storage_path": "base64:" + base64.b64encode(content).decode()}]))
+    send(smtp_account)
+    mail = smtp_server.wait_for(1)[0].message
+    html = mail.get_body(("html",)).get_content()
+    link = re.search(r'href="(http://testserver/files/[^"]+)"', html)
+    assert link, html
+    path = link.group(1).removeprefix("http://testserver")
+    assert path in mail.get_body(("plain",)).get_content()
+    download = api_client.get(path)
+    assert download.status_code == 200
+    assert b"".join(download.streaming_content) == content
+    StoredFile.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
+    assert api_client.get(path).status_code == 404

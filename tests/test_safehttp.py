@@ -1,0 +1,126 @@
+"""The outbound guard: what it refuses is refused before any connection is made."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from django.test import override_settings
+
+from mailproxy import safehttp
+from tests.file_server import FileServer
+
+
+@pytest.fixture
+def loopback() -> Iterator[FileServer]:
+    server = FileServer()
+    server.route("/secret", b"internal data")
+    yield server
+    server.close()
+
+
+def fetch(url: str) -> safehttp.Response:
+    return safehttp.request("GET", url, timeout=2, max_bytes=1024)
+
+
+@override_settings(GMP_ALLOWED_HOSTS=[])
+@pytest.mark.parametrize("form", [
+    "http://127.0.0.1:{port}/secret", "http://localhost:{port}/secret", "http://2130706433:{port}/secret",
+    "http://0x7f.0.0.1:{port}/secret", "http://127.1:{port}/secret", "http://0177.0.0.1:{port}/secret",
+    "http://[::ffff:127.0.0.1]:{port}/secret", "http://[::1]:{port}/secret", "http://0.0.0.0:{port}/secret",
+])
+def test_loopback_in_every_spelling_is_refused_without_a_connection(loopback: FileServer, form: str) -> None:
+    with pytest.raises(safehttp.OutboundRefused):
+        fetch(form.format(port=loopback.port))
+    assert loopback.requests == []
+
+
+@override_settings(GMP_ALLOWED_HOSTS=[])
+@pytest.mark.parametrize("url", [
+    "http://10.0.0.1/", "http://172.16.5.4/", "http://192.168.1.1/", "http://169.254.169.254/latest/meta-data",
+    "http://100.64.0.1/", "http://[fe80::1]/", "http://[fd00::1]/", "http://[64:ff9b::7f00:1]/", "http://224.0.0.1/",
+])
+def test_private_link_local_metadata_cgnat_nat64_and_multicast_are_refused(url: str) -> None:
+    with pytest.raises(safehttp.OutboundRefused):
+        fetch(url)
+
+
+@pytest.mark.parametrize(("url", "reason"), [
+    ("ftp://files.example.com/x", "scheme"), ("file:///etc/passwd", "scheme"),
+    ("http://user:pw@files.example.com/x", "credentials"), ("gopher://x.example.com", "scheme"),
+])
+def test_bad_schemes_and_credentials_in_urls_are_refused(url: str, reason: str) -> None:
+    with pytest.raises(safehttp.OutboundRefused, match=reason):
+        fetch(url)
+
+
+def test_allowed_host_is_reached(loopback: FileServer) -> None:
+    with override_settings(GMP_ALLOWED_HOSTS=["127.0.0.0/8"]):
+        assert fetch(f"{loopback.url}/secret").body == b"internal data"
+
+
+def test_a_redirect_to_loopback_is_refused_before_following_it() -> None:
+    inner = FileServer()  # 127.0.0.1: not allowed
+    inner.route("/secret", b"internal data")
+    outer = FileServer(host="127.0.0.2")  # allowed, and it redirects inward
+    outer.route("/jump", b"", status=302, headers={"Location": f"{inner.url}/secret"})
+    try:
+        with override_settings(GMP_ALLOWED_HOSTS=["127.0.0.2"]), pytest.raises(safehttp.OutboundRefused):
+            fetch(f"{outer.url}/jump")
+        assert outer.count("/jump") == 1
+        assert inner.requests == []
+    finally:
+        inner.close()
+        outer.close()
+
+
+def test_more_than_three_redirects_fail(loopback: FileServer) -> None:
+    for step in range(5):
+        loopback.route(f"/r{step}", b"", status=302, headers={"Location": f"/r{step + 1}"})
+    with override_settings(GMP_ALLOWED_HOSTS=["127.0.0.1"]), pytest.raises(safehttp.OutboundError, match="redirect"):
+        fetch(f"{loopback.url}/r0")
+    assert loopback.count("/r3") == 1
+    assert loopback.count("/r4") == 0
+
+
+def test_answer_bigger_than_the_cap_is_cut_off(loopback: FileServer) -> None:
+    loopback.route("/big", b"x" * 5000)
+    with override_settings(GMP_ALLOWED_HOSTS=["127.0.0.1"]), pytest.raises(safehttp.OutboundError, match="larger"):
+        fetch(f"{loopback.url}/big")
+
+
+def test_slow_answer_times_out(loopback: FileServer) -> None:
+    loopback.route("/slow", b"late", delay=3)
+    with override_settings(GMP_ALLOWED_HOSTS=["127.0.0.1"]), pytest.raises(safehttp.OutboundError):
+        safehttp.request("GET", f"{loopback.url}/slow", timeout=0.5, max_bytes=1024)
+
+
+def test_a_name_is_connected_to_at_the_address_that_was_checked(
+    loopback: FileServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A resolver that answers differently the second time (DNS rebinding): the guard asks once.
+    answers = iter(["127.0.0.1", "10.9.9.9"])
+    real = safehttp.socket.getaddrinfo
+
+    def rebinding(host: str, port: int, *args: object, **kwargs: object) -> list:  # type: ignore[type-arg]
+        if host == "files.rebind.test":
+            return real(next(answers), port, *args, **kwargs)  # type: ignore[arg-type]
+        return real(host, port, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(safehttp.socket, "getaddrinfo", rebinding)
+    with override_settings(GMP_ALLOWED_HOSTS=["files.rebind.test"]):
+        response = fetch(f"http://files.rebind.test:{loopback.port}/secret")
+    assert response.body == b"internal data"
+    assert loopback.last("/secret").headers["Host"] == f"files.rebind.test:{loopback.port}"
+
+
+def test_a_name_resolving_to_loopback_is_refused(loopback: FileServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = safehttp.socket.getaddrinfo
+
+    def resolver(host: str, port: int, *args: object, **kwargs: object) -> list:  # type: ignore[type-arg]
+        return real("127.0.0.1" if host == "innocent.example.com" else host, port, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(safehttp.socket, "getaddrinfo", resolver)
+    with override_settings(GMP_ALLOWED_HOSTS=[]), pytest.raises(safehttp.OutboundRefused, match="127.0.0.1"):
+        fetch(f"http://innocent.example.com:{loopback.port}/secret")
+    assert loopback.requests == []
