@@ -121,6 +121,6 @@ def test_a_name_resolving_to_loopback_is_refused(loopback: FileServer, monkeypat
         return real("127.0.0.1" if host == "innocent.example.com" else host, port, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(safehttp.socket, "getaddrinfo", resolver)
-    with override_settings(GMP_ALLOWED_HOSTS=[]), pytest.raises(safehttp.OutboundRefused, match="127.0.0.1"):
+    with override_settings(GMP_ALLOWED_HOSTS=[]), pytest.raises(safehttp.OutboundRefused, match=r"127\.0\.0\.1"):
         fetch(f"http://innocent.example.com:{loopback.port}/secret")
     assert loopback.requests == []
