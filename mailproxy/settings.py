@@ -186,6 +186,9 @@ GMP_CLEANUP_INTERVAL_SECONDS = env_int("GMP_CLEANUP_INTERVAL_SECONDS", 3600, min
 GMP_ALLOWED_HOSTS = env_list("GMP_ALLOWED_HOSTS")
 GMP_FETCH_TIMEOUT = env_float("GMP_FETCH_TIMEOUT", 30.0, minimum=0.1)
 
+# --- Bounces and suppression ----------------------------------------------------------------
+GMP_SUPPRESSION_DAYS = env_int("GMP_SUPPRESSION_DAYS", 90, minimum=0)  # 0: suppressions never expire
+
 # --- Attachments ----------------------------------------------------------------------------
 # Folders `filesystem` attachments may be read from (nothing outside them, no symlinks out).
 GMP_ATTACHMENT_BASE_DIRS = env_list("GMP_ATTACHMENT_BASE_DIRS")

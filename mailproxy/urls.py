@@ -4,6 +4,7 @@ from django.contrib import admin
 from django.urls import path
 from drf_spectacular.views import SpectacularJSONAPIView, SpectacularSwaggerView
 
+from bounces import api as bounces_api
 from delivery import api as delivery_api
 from delivery import files as delivery_files
 from mailproxy.health import HealthView
@@ -44,6 +45,8 @@ urlpatterns = [
     path("tenant/<str:tenant_id>/api-keys/<str:prefix>", tenants_api.ApiKeyDetailView.as_view(), name="api-key"),
     path("tenant/<str:tenant_id>/api-keys/<str:prefix>/rotate", tenants_api.ApiKeyRotateView.as_view(),
          name="api-key-rotate"),
+    path("suppressions", bounces_api.SuppressionListView.as_view(), name="suppressions"),
+    path("suppressions/<str:address>", bounces_api.SuppressionDetailView.as_view(), name="suppression"),
     path("files/<str:token>", delivery_files.download, name="stored-file"),
     path("admin/", admin.site.urls),
 ]

@@ -83,6 +83,7 @@ class AddMessagesView(APIView):
             "ok": result.queued > 0 or not result.rejected,
             "queued": result.queued,
             "rejected": [item.as_dict() for item in result.rejected],
+            **({"suppressed": result.suppressed} if result.suppressed else {}),
         })
 
 

@@ -205,3 +205,30 @@ class RateLimitHit(models.Model):
 
     def __str__(self) -> str:
         return f"{self.bucket_id}@{self.at.isoformat()}"
+
+
+class SuppressionSource(models.TextChoices):
+    BOUNCE = "bounce"
+    API = "api"
+
+
+class Suppression(models.Model):
+    """An address the tenant's mail must not go to (a hard bounce, or added through the API).
+
+    Here rather than in `bounces` because enqueue, in this app, must refuse these
+    recipients, and an app does not import from the apps that come after it.
+    """
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="suppressions")
+    address = models.CharField(max_length=320)  # lower-cased addr-spec
+    reason = models.CharField(max_length=500)
+    source = models.CharField(max_length=10, choices=SuppressionSource.choices, default=SuppressionSource.API)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["tenant_id", "address"]
+        constraints = [models.UniqueConstraint(fields=["tenant", "address"], name="suppression_unique_address")]
+
+    def __str__(self) -> str:
+        return f"{self.tenant_id}/{self.address}"

@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from email.utils import getaddresses
 from typing import Any
 
 from django.conf import settings
@@ -22,6 +23,7 @@ from queueing.models import (
     MessageEvent,
     Priority,
     Status,
+    Suppression,
 )
 from queueing.validation import Invalid, MessageIn, client_id_of, parse_message
 from tenants.auth import DEFAULT_TENANT_ID
@@ -60,6 +62,8 @@ class EnqueueResult:
     queued_accounts: set[tuple[int, int]] = field(default_factory=set)
     # Tenants whose last sync answer announced these messages (`queued > 0`): call them again.
     tenants_expecting_sync: set[str] = field(default_factory=set)
+    # Recipients left out of queued messages because they are on the suppression list.
+    suppressed: list[dict[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -103,6 +107,14 @@ class _Context:
                 self.defaults.setdefault(tenant_id, account)
         # Most submissions carry no batch code: then no batch can be suspended for them.
         has_batches = any(isinstance(raw, dict) and raw.get("batch_code") for raw in payloads)
+        recipients = {address for raw in payloads for address in _raw_recipients(raw)}
+        now = timezone.now()
+        self.suppressed: dict[tuple[str, str], str] = {
+            (tenant_id, address): reason
+            for tenant_id, address, reason in Suppression.objects.filter(
+                tenant_id__in=tenant_ids, address__in=recipients,
+            ).filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now)).values_list("tenant_id", "address", "reason")
+        } if recipients else {}
         self.suspended_batches: set[tuple[str, str]] = set(
             SuspendedBatch.objects.filter(tenant_id__in=tenant_ids).values_list("tenant_id", "batch_code")
         ) if has_batches else set()
@@ -131,6 +143,44 @@ class _Context:
         return tenant.suspended or (tenant.id, payload.batch_code) in self.suspended_batches
 
 
+def _raw_recipients(raw: Any) -> list[str]:
+    """Lower-cased addr-specs a raw message names (to look them up before validation)."""
+    if not isinstance(raw, dict):
+        return []
+    found: list[str] = []
+    for name in ("to", "cc", "bcc"):
+        value = raw.get(name)
+        items = [value] if isinstance(value, str) else value if isinstance(value, list) else []
+        found.extend(address.lower() for _, address in getaddresses([i for i in items if isinstance(i, str)])
+                     if address)
+    return found
+
+
+def _without_suppressed(payload: MessageIn, tenant: Tenant, context: _Context,
+                        suppressed: list[dict[str, str]]) -> MessageIn:
+    """The message minus suppressed recipients; Invalid when nobody is left."""
+    if not context.suppressed:
+        return payload
+    kept: dict[str, list[str]] = {}
+    reasons = []
+    for name in ("to", "cc", "bcc"):
+        kept[name] = []
+        for address in getattr(payload, name):
+            spec = (getaddresses([address])[0][1] or address).lower()
+            reason = context.suppressed.get((tenant.id, spec))
+            if reason is None:
+                kept[name].append(address)
+            else:
+                reasons.append(reason)
+                suppressed.append({"id": payload.external_id, "recipient": spec, "reason": reason})
+    if not reasons:
+        return payload
+    if not any(kept.values()):
+        del suppressed[len(suppressed) - len(reasons):]  # the whole message is refused instead
+        raise Invalid("to", f"suppressed: {reasons[0]}")
+    return replace(payload, to=kept["to"], cc=kept["cc"], bcc=kept["bcc"])
+
+
 def _new_message_id(payload: MessageIn) -> str:
     domain = settings.GMP_MESSAGE_ID_DOMAIN or payload.from_addr.rpartition("@")[2].rstrip(">") or "mail-proxy"
     return f"<{uuid.uuid4().hex}@{domain}>"
@@ -150,6 +200,7 @@ def enqueue_messages(
     context = _Context(scope=scope, payloads=payloads)
     base_priority = Priority.MEDIUM if default_priority is None else default_priority
     rejected: list[Rejection] = []
+    suppressed: list[dict[str, str]] = []
     accepted: dict[tuple[str, str], _Accepted] = {}
     for index, raw in enumerate(payloads):
         tenant = context.tenant_of(raw)
@@ -158,6 +209,7 @@ def enqueue_messages(
             if tenant is None:
                 raise Invalid("tenant_id", f"tenant {payload.tenant_id!r} not found")
             account = context.account_for(tenant, payload)
+            payload = _without_suppressed(payload, tenant, context, suppressed)
         except Invalid as exc:
             rejected.append(Rejection(index, client_id_of(raw), exc.field, exc.reason, tenant))
             continue
@@ -184,7 +236,7 @@ def enqueue_messages(
     logger.info("enqueued queued=%d rejected=%d", len(stored), len(rejected))
     expecting = {item.tenant.id for key, item in accepted.items() if key in stored and item.tenant.sync_expect_more}
     return EnqueueResult(queued=len(stored), rejected=rejected, queued_accounts=queued_accounts,
-                         tenants_expecting_sync=expecting)
+                         tenants_expecting_sync=expecting, suppressed=suppressed)
 
 
 # Columns written on insert, and on replacement of a waiting message. Position in the

@@ -162,7 +162,7 @@ def _split_addresses(text: str) -> list[str]:
     return [token.strip() for token in tokens if token.strip()]
 
 
-def _one_address(name: str, token: str) -> str:
+def one_address(name: str, token: str) -> str:
     if "\r" in token or "\n" in token:
         raise Invalid(name, "must not contain CR or LF")
     address = _address(token)
@@ -187,7 +187,7 @@ def _address_list(raw: dict[str, Any], name: str, *, required: bool = False) -> 
     for item in items:
         if "\r" in item or "\n" in item:
             raise Invalid(name, "must not contain CR or LF")
-        addresses.extend(_one_address(name, token) for token in _split_addresses(item))
+        addresses.extend(one_address(name, token) for token in _split_addresses(item))
     if required and not addresses:
         raise Invalid(name, "at least one address is required")
     return addresses
@@ -355,14 +355,14 @@ def parse_message(raw: Any, *, now: datetime) -> MessageIn:
 
     def optional_address(name: str) -> str:
         text = _text(raw, name, single_line=True)
-        return _one_address(name, text) if text else ""
+        return one_address(name, text) if text else ""
 
     priority = raw.get("priority")
     return MessageIn(
         external_id=external_id,
         tenant_id=_text(raw, "tenant_id", single_line=True, max_length=64) or None,
         account_id=_text(raw, "account_id", single_line=True, max_length=100) or None,
-        from_addr=_one_address("from", _text(raw, "from", required=True, single_line=True)),
+        from_addr=one_address("from", _text(raw, "from", required=True, single_line=True)),
         to=to,
         cc=cc,
         bcc=bcc,

@@ -43,7 +43,7 @@ def running_instance(tmp_path: Path) -> Iterator[tuple[str, str]]:
             try:
                 if requests.get(f"{url}/health", timeout=1).status_code == 200:
                     break
-            except requests.ConnectionError:
+            except requests.RequestException:  # not listening yet, or still loading
                 time.sleep(0.2)
             assert process.poll() is None, log.read_text()
         else:

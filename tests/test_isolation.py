@@ -16,7 +16,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from mailproxy.urls import PUBLIC_URL_NAMES
-from queueing.models import EventType, Message, MessageEvent, Status
+from queueing.models import EventType, Message, MessageEvent, Status, Suppression
 from tenants import crypto
 from tenants.models import ApiKey, SmtpAccount, SuspendedBatch, Tenant
 from tenants.services import create_api_key
@@ -80,9 +80,10 @@ def victim() -> dict[str, Any]:
     MessageEvent.objects.create(tenant=tenant, message=sent, external_id="sent-msg", event_type=EventType.SENT,
                                 occurred_at=timezone.now(), reported_at=timezone.now())
     Message.objects.filter(pk=sent.pk).update(status=Status.SENT, updated_at=timezone.now() - timedelta(days=60))
+    Suppression.objects.create(tenant=tenant, address="blocked@victim.example.com", reason=f"bounced {SECRET_MARK}")
     return {"tenant": tenant, "account": account, "key": key.key,
             "values": {"tenant_id": "victim", "account_id": "main", "message_id": "waiting-msg",
-                       "prefix": key.key.prefix}}
+                       "prefix": key.key.prefix, "address": "blocked@victim.example.com", "token": "x"}}
 
 
 def _snapshot() -> dict[str, Any]:
@@ -93,6 +94,7 @@ def _snapshot() -> dict[str, Any]:
         "messages": list(Message.objects.filter(tenant_id="victim").values()),
         "events": list(MessageEvent.objects.filter(tenant_id="victim").values()),
         "batches": list(SuspendedBatch.objects.filter(tenant_id="victim").values()),
+        "suppressions": list(Suppression.objects.filter(tenant_id="victim").values()),
     }
 
 

@@ -92,10 +92,15 @@ class Stack:
         self.wait(lambda: requests.get(f"{self.web_url}/health", timeout=1).status_code == 200, "web /health")
         return self.web_url
 
-    def start_worker(self, name: str, concurrency: int = 1) -> Process:
-        return self._spawn(name, [sys.executable, "-m", "celery", "-A", "mailproxy", "worker", "-l", "INFO",
-                                  "-c", str(concurrency), "-n", f"{name}@%h", "--without-gossip",
-                                  "--without-mingle", "--without-heartbeat"])
+    def start_worker(self, name: str, concurrency: int = 1, *, ready: bool = True) -> Process:
+        process = self._spawn(name, [sys.executable, "-m", "celery", "-A", "mailproxy", "worker", "-l", "INFO",
+                                     "-c", str(concurrency), "-n", f"{name}@%h", "--without-gossip",
+                                     "--without-mingle", "--without-heartbeat"])
+        if ready:
+            # Until its pool is up a worker takes no task, and a child killed during start-up
+            # takes the whole worker down (Celery gives up): tests start from a ready fleet.
+            self.wait(lambda: " ready." in process.log.read_text(errors="replace"), f"{name} ready", timeout=60)
+        return process
 
     def start_beat(self, name: str = "beat") -> Process:
         return self._spawn(name, [sys.executable, "-m", "celery", "-A", "mailproxy", "beat", "-l", "INFO",

@@ -1,0 +1,71 @@
+"""The tenant's suppression list (SPEC §12.3)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.conf import settings
+from django.utils import timezone
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from queueing.models import Suppression, SuppressionSource
+from queueing.validation import Invalid, one_address
+from tenants.auth import principal_of, resolve_tenant
+from tenants.exceptions import NotFoundError
+
+TENANT_PARAM = OpenApiParameter("tenant_id", str, description="admin token: the tenant (default: 'default')")
+
+
+class SuppressionInSerializer(serializers.Serializer):
+    tenant_id = serializers.CharField(required=False)
+    address = serializers.CharField(max_length=320)
+    reason = serializers.CharField(max_length=500, required=False, default="added through the API")
+
+    def validate_address(self, value: str) -> str:
+        try:
+            return one_address("address", value).rsplit("<", 1)[-1].rstrip(">").lower()
+        except Invalid as exc:
+            raise serializers.ValidationError(exc.reason.removeprefix("address: ")) from None
+
+
+def _record(entry: Suppression) -> dict[str, object]:
+    return {"address": entry.address, "reason": entry.reason, "source": entry.source,
+            "created_at": entry.created_at.isoformat(),
+            "expires_ts": entry.expires_at.timestamp() if entry.expires_at else None}
+
+
+class SuppressionListView(APIView):
+    @extend_schema(parameters=[TENANT_PARAM], responses=OpenApiTypes.OBJECT)
+    def get(self, request: Request) -> Response:
+        tenant = resolve_tenant(principal_of(request), request.query_params.get("tenant_id"))
+        entries = Suppression.objects.filter(tenant=tenant).exclude(expires_at__lte=timezone.now())
+        return Response({"ok": True, "suppressions": [_record(entry) for entry in entries]})
+
+    @extend_schema(request=SuppressionInSerializer, responses=OpenApiTypes.OBJECT)
+    def post(self, request: Request) -> Response:
+        payload = SuppressionInSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        data = payload.validated_data
+        tenant = resolve_tenant(principal_of(request), data.get("tenant_id"), create_default=True)
+        days = settings.GMP_SUPPRESSION_DAYS
+        entry, created = Suppression.objects.update_or_create(
+            tenant=tenant, address=data["address"],
+            defaults={"reason": data["reason"], "source": SuppressionSource.API,
+                      "expires_at": timezone.now() + timedelta(days=days) if days else None},
+        )
+        return Response({"ok": True, "created": created, "suppression": _record(entry)}, status=201 if created else 200)
+
+
+class SuppressionDetailView(APIView):
+    @extend_schema(parameters=[TENANT_PARAM], responses=OpenApiTypes.OBJECT)
+    def delete(self, request: Request, address: str) -> Response:
+        tenant = resolve_tenant(principal_of(request), request.query_params.get("tenant_id"))
+        deleted, _ = Suppression.objects.filter(tenant=tenant, address=address.lower()).delete()
+        if not deleted:
+            raise NotFoundError()
+        return Response({"ok": True, "deleted": address.lower()})
