@@ -32,6 +32,9 @@ app.conf.task_routes = {
     "delivery.report_sweep": {"queue": "reports"},
     "queueing.cleanup": {"queue": "maintenance"},
     "delivery.cleanup_files": {"queue": "maintenance"},
+    "bounces.poll": {"queue": "imap"},
+    "pec.poll": {"queue": "imap"},
+    "pec.timeouts": {"queue": "maintenance"},
 }
 app.autodiscover_tasks()
 
@@ -47,3 +50,7 @@ def _schedule(sender: Celery, **kwargs: object) -> None:
                              name="retention cleanup")
     sender.add_periodic_task(settings.GMP_CLEANUP_INTERVAL_SECONDS, sender.signature("delivery.cleanup_files"),
                              name="expired large files")
+    # Each mailbox has its own interval (checked against its cursor); these only look often enough.
+    sender.add_periodic_task(10.0, sender.signature("bounces.poll"), name="bounce mailboxes")
+    sender.add_periodic_task(10.0, sender.signature("pec.poll"), name="PEC mailboxes")
+    sender.add_periodic_task(60.0, sender.signature("pec.timeouts"), name="PEC timeouts")

@@ -188,6 +188,18 @@ GMP_FETCH_TIMEOUT = env_float("GMP_FETCH_TIMEOUT", 30.0, minimum=0.1)
 
 # --- Bounces and suppression ----------------------------------------------------------------
 GMP_SUPPRESSION_DAYS = env_int("GMP_SUPPRESSION_DAYS", 90, minimum=0)  # 0: suppressions never expire
+# An instance-wide bounce mailbox, for tenants without one of their own.
+GMP_BOUNCE_IMAP_HOST = env_str("GMP_BOUNCE_IMAP_HOST", "")
+GMP_BOUNCE_IMAP_PORT = env_int("GMP_BOUNCE_IMAP_PORT", 993, minimum=1)
+GMP_BOUNCE_IMAP_USER = env_str("GMP_BOUNCE_IMAP_USER", "")
+GMP_BOUNCE_IMAP_PASSWORD = env_secret("GMP_BOUNCE_IMAP_PASSWORD")
+GMP_BOUNCE_IMAP_FOLDER = env_str("GMP_BOUNCE_IMAP_FOLDER", "INBOX")
+GMP_BOUNCE_IMAP_SECURITY = env_str("GMP_BOUNCE_IMAP_SECURITY", "ssl")
+GMP_BOUNCE_PROCESSED_FOLDER = env_str("GMP_BOUNCE_PROCESSED_FOLDER", "")
+GMP_BOUNCE_POLL_INTERVAL = env_int("GMP_BOUNCE_POLL_INTERVAL", 60, minimum=1)
+# PEC: no acceptance within this long → pec_timeout; no delivery receipt → pec_timeout per recipient.
+GMP_PEC_ACCEPTANCE_TIMEOUT = env_int("GMP_PEC_ACCEPTANCE_TIMEOUT", 30 * 60, minimum=1)
+GMP_PEC_DELIVERY_TIMEOUT = env_int("GMP_PEC_DELIVERY_TIMEOUT", 24 * 3600, minimum=1)
 
 # --- Attachments ----------------------------------------------------------------------------
 # Folders `filesystem` attachments may be read from (nothing outside them, no symlinks out).

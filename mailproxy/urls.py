@@ -8,6 +8,7 @@ from bounces import api as bounces_api
 from delivery import api as delivery_api
 from delivery import files as delivery_files
 from mailproxy.health import HealthView
+from pec import api as pec_api
 from queueing import api as queueing_api
 from tenants import api as tenants_api
 
@@ -33,6 +34,9 @@ urlpatterns = [
     path("commands/activate", queueing_api.ActivateView.as_view(), name="activate"),
     path("commands/run-now", queueing_api.RunNowView.as_view(), name="run-now"),
     path("messages", queueing_api.MessageListView.as_view(), name="messages"),
+    # Before the message detail: its <path:> would take ".../receipts/1" as part of an id.
+    path("messages/<path:message_id>/receipts/<int:n>", pec_api.ReceiptDownloadView.as_view(), name="pec-receipt"),
+    path("messages/<path:message_id>/receipts", pec_api.ReceiptListView.as_view(), name="pec-receipts"),
     path("messages/<path:message_id>", queueing_api.MessageDetailView.as_view(), name="message"),
     path("account", queueing_api.AccountSaveView.as_view(), name="account-save"),
     path("accounts", queueing_api.AccountListView.as_view(), name="accounts"),

@@ -83,7 +83,7 @@ def victim() -> dict[str, Any]:
     Suppression.objects.create(tenant=tenant, address="blocked@victim.example.com", reason=f"bounced {SECRET_MARK}")
     return {"tenant": tenant, "account": account, "key": key.key,
             "values": {"tenant_id": "victim", "account_id": "main", "message_id": "waiting-msg",
-                       "prefix": key.key.prefix, "address": "blocked@victim.example.com", "token": "x"}}
+                       "prefix": key.key.prefix, "address": "blocked@victim.example.com", "token": "x", "n": "1"}}
 
 
 def _snapshot() -> dict[str, Any]:
