@@ -24,7 +24,7 @@ class BouncedRecipient:
 
 @dataclass(frozen=True)
 class DsnReport:
-    """What a bounce, delay report or any other inbound message says about our deliveries."""
+    """What a bounce, a delay report or any other inbound message says about our deliveries."""
 
     is_bounce: bool
     recipients: tuple[BouncedRecipient, ...]
@@ -33,49 +33,47 @@ class DsnReport:
     verp_token: str | None
 
 
-NOT_A_BOUNCE = DsnReport(False, (), None, None, None)
+_NOT_A_BOUNCE = DsnReport(False, (), None, None, None)
+_ACTIONS = ("failed", "delayed", "delivered", "relayed", "expanded")
 
-# RFC 3463 §2: class.subject.detail; the look-arounds keep version strings ("4.1.0.193") and IPs out.
+# RFC 3463 §2 class.subject.detail; the look-arounds keep version strings ("4.1.0.193") and IPs out.
 _STATUS_RE = re.compile(r"(?<![\w.])([245]\.\d{1,3}\.\d{1,3})(?![\d.]*\d)")
-# An SMTP reply code (RFC 5321 §4.2) standing alone or in a multi-line "550-" reply.
+# An SMTP reply code (RFC 5321 §4.2), alone or opening a multi-line "550-" reply.
 _SMTP_RE = re.compile(r"(?<![\w.#/:=-])([245][0-5]\d)(?=[\s-]|$)")
 _ADDR_RE = re.compile(r"[\w.!#$%&'*+/=?^`{|}~-]+@[\w-]+(?:\.[\w-]+)*", re.ASCII)
 _VERP_RE = re.compile(r"(?<![\w.+-])bounces\+([\w.=-]+)@", re.ASCII | re.IGNORECASE)
 _PROXY_ID_RE = re.compile(r"^[ >]*X-(?:Mail-Proxy|Genro-Mail)-ID:\s*(\d+)", re.IGNORECASE | re.MULTILINE)
 _MSGID_LINE_RE = re.compile(r"^[ >]*Message-ID:\s*(<[^<>\s]+>)", re.IGNORECASE | re.MULTILINE)
 _QUOTA_RE = re.compile(
-    r"mailbox (?:is )?full|quota exceeded|over ?quota|exceeded (?:the |its |his |her )?(?:storage )?quota"
-    r"|insufficient (?:system )?storage|mailbox size limit|mailbox exceeds|full mailbox",
+    r"mailbox (?:is )?full|full mailbox|quota exceeded|over ?quota|exceeded (?:the |its |his |her )?(?:storage )?quota"
+    r"|insufficient (?:system )?storage|mailbox size limit|mailbox exceeds",
     re.IGNORECASE,
 )
-_DAEMON_RE = re.compile(
-    r"mailer-daemon|mail-daemon|mailerdaemon|post_?master|mdaemon|mail delivery|mailer daemon|mmsc", re.IGNORECASE
-)
+_DAEMON_RE = re.compile(r"mailer-daemon|mail-?daemon|post_?master|mdaemon|mail delivery|mailer daemon|mmsc", re.I)
 _BOUNCE_SUBJECT_RE = re.compile(
-    r"undeliver|undelivered|deliver(?:y|ed)? (?:status|fail|report|notification|problem|has failed|incomplete)"
-    r"|returned mail|failure notice|failed mail|mail delivery|non-?delivery|not delivered|could not be delivered"
-    r"|delivery failure|mail system error|delayed mail|warning: |mail error|returning message|error sending"
-    r"|nondeliverable|delivery warning|mail failed|returning to sender",
+    r"undeliver|deliver(?:y|ed)? (?:status|fail|report|notification|problem|has failed|incomplete)|returned mail"
+    r"|failure notice|failed mail|mail delivery|non-?delivery|not delivered|could not be delivered|delivery failure"
+    r"|mail system error|delayed mail|warning: |mail error|returning (?:message|to sender)|error sending"
+    r"|nondeliverable|delivery warning|mail failed",
     re.IGNORECASE,
 )
-# Phrases of the human part of non-standard bounces (Postfix, Sendmail, Exim, qmail, Exchange, Gmail, Yahoo).
+# Wording of the human part of bounces (Postfix, Sendmail, Exim, qmail, Exchange, Gmail, Yahoo, Domino, ...).
 _BOUNCE_BODY_RE = re.compile(
-    r"could not be delivered|couldn.t be delivered|wasn.t delivered|was not delivered|not be delivered"
-    r"|undeliverable|delivery (?:has )?failed|failed permanently|permanent (?:fatal )?error|unable to deliver"
-    r"|wasn.t able to deliver|delivery to the following recipient|did not reach|not yet been delivered"
-    r"|has been delayed|message delayed|delivery of email to this address|following address(?:es)? failed"
-    r"|delivery incomplete|returned to sender|could not deliver|user unknown|unknown user|no such user"
-    r"|address not found|message not delivered|does not exist|failed to deliver|delivery problem|was rejected"
-    r"|message was not accepted|user not found|invalid mailbox|mailbox unavailable|failed recipients|has been returned"
-    r"|could not be sent|delivery error|failed addresses|no valid recipients|not accepting mail",
+    r"could(?: not|n.t) be delivered|wasn.t delivered|was not delivered|not be delivered|undeliverable"
+    r"|delivery (?:has )?failed|failed permanently|permanent (?:fatal )?error|unable to deliver|wasn.t able to deliver"
+    r"|delivery to the following recipient|did not reach|not yet been delivered|has been delayed|message delayed"
+    r"|delivery of email to this address|following address(?:es)? failed|delivery incomplete|returned to sender"
+    r"|could not deliver|user unknown|unknown user|no such user|address not found|message not delivered"
+    r"|does not exist|failed to deliver|delivery problem|was rejected|message was not accepted|user not found"
+    r"|invalid mailbox|mailbox unavailable|failed recipients|has been returned|could not be sent|delivery error"
+    r"|failed addresses|no valid recipients|not accepting mail",
     re.IGNORECASE,
 )
 # Delay notices: Exim "has not yet been delivered", Sendmail "WARNING MESSAGE ONLY", Gmail "has been delayed".
 _DELAY_RE = re.compile(
-    r"has not yet been delivered|not yet been delivered|warning message only|this is a warning|warning only"
-    r"|just a warning|advisory-only|has been delayed|will be retried|will retry|will continue to (?:try|attempt)"
-    r"|delivery attempts will continue|still being retried|delivery incomplete|has been postponed"
-    r"|no action is required on your part",
+    r"not yet been delivered|warning message only|this is a warning|warning only|just a warning|advisory-only"
+    r"|has been delayed|will be retried|will retry|will continue to (?:try|attempt)|delivery attempts will continue"
+    r"|still being retried|delivery incomplete|has been postponed|no action is required on your part",
     re.IGNORECASE,
 )
 _DELAY_SUBJECT_RE = re.compile(r"delay|warning|postponed|still being retried|not yet delivered", re.IGNORECASE)
@@ -87,19 +85,19 @@ _AUTOREPLY_SUBJECT_RE = re.compile(
 # Where a notice stops and the quoted original begins (qmail, Exim, Sendmail, Gmail, Yahoo, SMTP32, ...).
 _ORIGINAL_MARK_RE = re.compile(
     r"^[\s>*=|-]*(?:(?:a|here is a|following is a) )?(?:below (?:this|the next) line|this is a copy of (?:the|your)"
-    r"|original message|(?:the )?first \d+ lines|unsent message|returned message|message header follows|start of"
-    r"|text of the original|copy of the (?:original )?message|message headers? follows|undelivered message"
-    r"|headers? of the (?:original|source|returned)|end of message|the original message headers|your message reads|returned mail follows"
+    r"|original message|(?:the )?first \d+ lines|unsent message|returned message|message headers? follows|start of"
+    r"|text of the original|copy of the (?:original )?message|undelivered message|end of message|your message reads"
+    r"|headers? of the (?:original|source|returned)|the original message headers|returned mail follows"
     r"|message text follows|copy of the first part|content-type:\s*(?:message/rfc822|text/rfc822-headers))",
     re.IGNORECASE | re.MULTILINE,
 )
-# Address mentions in a notice: one that starts a line (Postfix, qmail, Exim, Yahoo, Gmail, Exchange), or
-# follows a phrase naming a recipient, is strong; any other is weak and only used when there is no strong one.
+# Address mentions in a notice: one that starts a line (Postfix, qmail, Exim, Yahoo, Gmail, Exchange) or
+# follows a phrase naming a recipient is strong; any other is weak, used only when there is no strong one.
 _LINE_START_RE = re.compile(r"[\s>]*[<\"'(\[]?")
-_AFTER_ADDR_RE = re.compile(r"[>\"')\]]*\s*(?::|\.\.\.|;|,|\(|$|\s+on\s|\s+-|\s+\(|\s+<|\s*\n|\s{2})", re.IGNORECASE)
+_AFTER_ADDR_RE = re.compile(r"[>\"')\]]*\s*(?::|\.\.\.|;|,|\(|$|\s+on\s|\s+-|\s+\(|\s+<|\s*\n|\s{2})", re.I)
 _LEAD_IN_RE = re.compile(
     r"(?:unknown user|user unknown|no such user|recipient|addressee|undeliverable to|deliver(?:ed|y)? to|message to"
-    r"|mailbox|address|failed for|rcpt to|not found|user|could not be delivered to|sent to|addressed to)\s*[:=]?\s*[<\"'(\[]*$",
+    r"|mailbox|address|failed for|rcpt to|not found|user|sent to|addressed to)\s*[:=]?\s*[<\"'(\[]*$",
     re.IGNORECASE,
 )
 _EXPANDED_RE = re.compile(r"expanded from:?\s*<?$", re.IGNORECASE)
@@ -108,10 +106,9 @@ _QUOTED_HEADER_RE = re.compile(
 )
 _NOT_A_RECIPIENT_RE = re.compile(r"(?:[/=?]|mailto:|id\s*<|envelope-from\s*<?|from:?\s*<?|contact\s*<?)$", re.I)
 _KNOWN_HEADERS = frozenset(
-    {"from", "to", "subject", "date", "received", "message-id", "content-type", "return-path", "mime-version",
-     "delivered-to", "sender", "reply-to", "cc", "auto-submitted", "precedence", "references", "in-reply-to"}
+    {"from", "to", "cc", "subject", "date", "received", "message-id", "content-type", "return-path", "sender",
+     "mime-version", "delivered-to", "reply-to", "auto-submitted", "precedence", "references", "in-reply-to"}
 )
-_ACTIONS = ("failed", "delayed", "delivered", "relayed", "expanded")
 
 
 def classify(*, status: str | None, smtp_code: int | None, action: str | None, diagnostic: str = "") -> str | None:
@@ -123,25 +120,19 @@ def classify(*, status: str | None, smtp_code: int | None, action: str | None, d
     if status:
         if status.startswith("5."):
             return "soft" if status == "5.2.2" else "hard"
-        if status.startswith("4."):
-            return "soft"
-        if status.startswith("2."):
-            return None
-    # No enhanced code: quota wording is checked before the reply code because MTAs often send 550 for it.
+        return "soft" if status.startswith("4.") else None
+    # No enhanced code: quota wording goes before the reply code because MTAs often send 550 for it.
     if _QUOTA_RE.search(" ".join(diagnostic.split())) or smtp_code == 552:
         return "soft"
-    if smtp_code is not None:
-        if 500 <= smtp_code < 600:
-            return "hard"
-        if 400 <= smtp_code < 500:
-            return "soft"
-    # RFC 3464 §2.3.3: "failed" means the MTA gave up, so a failure with no code is permanent.
+    if smtp_code is not None and 400 <= smtp_code < 600:
+        return "hard" if smtp_code >= 500 else "soft"
+    # RFC 3464 §2.3.3: "failed" means the MTA gave up, so a failure without any code is permanent.
     return "hard" if action == "failed" else None
 
 
 @dataclass
 class _Parts:
-    """The pieces of a message: notice texts, delivery-status texts, the original's headers and body."""
+    """A message sorted out: notice texts, delivery-status texts, the original's headers and text."""
 
     notices: list[str] = field(default_factory=list)
     statuses: list[str] = field(default_factory=list)
@@ -155,7 +146,7 @@ def parse_dsn(raw: bytes) -> DsnReport:
     try:
         return _parse(raw)
     except Exception:  # noqa: BLE001 - hostile or broken input must never stop the mailbox reader
-        return NOT_A_BOUNCE
+        return _NOT_A_BOUNCE
 
 
 def _parse(raw: bytes) -> DsnReport:
@@ -165,30 +156,31 @@ def _parse(raw: bytes) -> DsnReport:
     if data.startswith(b"From "):  # an mbox separator line is not a header
         data = data.split(b"\n", 1)[-1]
     msg = email.message_from_bytes(data, policy=email.policy.default)
-    if not any(name.lower() in _KNOWN_HEADERS or name.lower().startswith("x-") for name in msg.keys()):
-        # A bare notice text (crisp's fixtures, pasted bounces): a first line like "[https://..." is no header.
+    if not any(name.lower() in _KNOWN_HEADERS or name.lower().startswith("x-") for name in msg):
+        # A bare notice text (a pasted bounce): a first line such as "[https://..." is no header.
         msg = email.message_from_bytes(b"\n" + data, policy=email.policy.default)
     parts = _Parts()
     _collect(msg, parts, top=True)
     forwarded = [o for o in parts.originals if o.get_content_type() == "multipart/report"]
     if not parts.statuses and forwarded:
-        # A DSN forwarded as an attachment (a helpdesk or a relay re-wrapping it): read the inner report.
+        # A DSN forwarded as an attachment (a relay or a helpdesk re-wrapping it): read the inner report.
         inner = _Parts()
         _collect(forwarded[0], inner)
-        if inner.statuses:
-            parts = inner
+        parts = inner if inner.statuses else parts
     verp = _verp_token(msg)
     if parts.feedback:  # RFC 5965 feedback report (a complaint), not a delivery failure
         return DsnReport(False, (), None, None, verp)
     original_id, proxy_id = _original_ids(msg, parts)
-    recipients = _from_status_parts(parts)
     subject = _header(msg, "subject")
-    is_bounce = bool(recipients) or bool(parts.statuses and not _is_autoreply(msg, subject))
-    if not recipients and _looks_like_bounce(msg, subject, parts):
-        recipients, is_bounce = _from_text(msg, subject, parts), True
-    if not is_bounce:
-        return DsnReport(False, (), original_id, proxy_id, verp)
-    return DsnReport(True, tuple(recipients), original_id, proxy_id, verp)
+    recipients = _from_status_parts(parts)
+    if recipients:
+        # A DSN that only reports deliveries or relays (RFC 3464 success notices) is not a bounce.
+        is_bounce = any(r.kind is not None for r in recipients)
+    else:
+        is_bounce = bool(parts.statuses) and not _is_autoreply(msg, subject)
+        if _looks_like_bounce(msg, subject, parts):
+            recipients, is_bounce = _from_text(msg, subject, parts), True
+    return DsnReport(is_bounce, tuple(recipients) if is_bounce else (), original_id, proxy_id, verp)
 
 
 def _header(msg: Message, name: str) -> str:
@@ -209,9 +201,8 @@ def _text(part: Message) -> str:
     if not isinstance(payload, bytes):
         value = part.get_payload()
         payload = value.encode("utf-8", "replace") if isinstance(value, str) else b""
-    charset = part.get_content_charset() or "utf-8"
     try:
-        text = payload.decode(charset, "replace")
+        text = payload.decode(part.get_content_charset() or "utf-8", "replace")
     except LookupError:  # an unknown charset name ("unicode-1-1-utf-7")
         text = payload.decode("latin-1")
     if part.get_content_subtype() == "html":
@@ -222,20 +213,23 @@ def _text(part: Message) -> str:
 
 
 def _collect(part: Message, parts: _Parts, *, top: bool = False) -> None:
-    """Sort the MIME tree into notices, status fields and the original, without entering the original."""
+    """Sort a MIME tree into notices, status fields and the original, without entering the original."""
     ctype = part.get_content_type()
-    if ctype in ("message/feedback-report",) or part.get_param("report-type") == "feedback-report":
+    if ctype == "message/feedback-report" or part.get_param("report-type") == "feedback-report":
         parts.feedback = True
+    payload = part.get_payload()
     if ctype in ("message/rfc822", "message/global", "message/partial", "message/rfc822-headers"):
-        inner = part.get_payload()
-        if isinstance(inner, list) and inner and isinstance(inner[0], Message):
-            parts.originals.append(inner[0])
-            parts.original_texts.append(_flatten(inner[0]))
-        else:
-            parts.original_texts.append(str(inner))
+        inner = payload[0] if isinstance(payload, list) and payload else None
+        if isinstance(inner, Message):
+            parts.originals.append(inner)
+            parts.original_texts.append(_flatten(inner))
         return
-    if ctype in ("message/delivery-status", "message/global-delivery-status"):
-        parts.statuses.append(_status_text(part))
+    if ctype in ("message/delivery-status", "message/global-delivery-status"):  # RFC 3464, RFC 6533
+        blocks = [b for b in payload if isinstance(b, Message)] if isinstance(payload, list) else []
+        # A field the parser cannot read (an unindented continuation line) ends a block's "headers" early:
+        # the rest lands in the block's body, so that is read as fields too.
+        texts = [_flatten(b) + "\n" + (b.get_payload() if isinstance(b.get_payload(), str) else "") for b in blocks]
+        parts.statuses.append("\n\n".join(texts) if texts else _text(part))
         return
     if ctype == "text/rfc822-headers":
         text = _text(part)
@@ -243,47 +237,33 @@ def _collect(part: Message, parts: _Parts, *, top: bool = False) -> None:
         parts.originals.append(email.message_from_string(text, policy=email.policy.default))
         return
     if part.is_multipart():
-        payload = part.get_payload()
         for sub in payload if isinstance(payload, list) else []:
-            _collect(sub, parts)
+            if isinstance(sub, Message):
+                _collect(sub, parts)
         return
     # A multipart whose boundary parameter got lost (a broken fold) arrives as one leaf: read it as text.
     if part.get_content_maintype() in ("text", "multipart") or top:
         text = _text(part)
-        # Some MTAs (IIS, old Exchange, SurfControl) send the status fields as text/plain.
+        # Some MTAs (IIS, old Exchange, SurfControl) send the RFC 3464 fields as text/plain.
         if re.search(r"(?im)^(?:final|original)-recipient\s*:", text) and re.search(r"(?im)^status\s*:", text):
             parts.statuses.append(text)
-        cut = _ORIGINAL_MARK_RE.search(text)
-        if cut:
+        if cut := _ORIGINAL_MARK_RE.search(text):
             parts.original_texts.append(text[cut.start() :])
             text = text[: cut.start()]
-        if part.get_content_subtype() != "html" or not parts.notices:
+        if part.get_content_subtype() != "html" or not parts.notices:  # HTML only when nothing plainer came
             parts.notices.append(text)
 
 
 def _flatten(msg: Message) -> str:
-    """Headers and text of an attached original, for quoted correlation headers."""
-    chunks = []
-    for name, value in msg.items():
-        try:
-            chunks.append(f"{name}: {value}")
-        except Exception:  # noqa: BLE001 - unreadable header
-            continue
-    return "\n".join(chunks)
+    """The header fields of a message (or of one delivery-status block) as "Name: value" lines, in order."""
+    try:
+        fields = [(name, str(value)) for name, value in msg.items()]
+    except Exception:  # noqa: BLE001 - a field the default policy cannot parse: take them all unparsed
+        fields = [(name, str(value)) for name, value in msg.raw_items()]
+    return "\n".join(f"{name}: {value}" for name, value in fields)
 
 
-def _status_text(part: Message) -> str:
-    """The raw field blocks of a message/delivery-status part."""
-    payload = part.get_payload()
-    if isinstance(payload, list):
-        blocks = []
-        for block in payload:
-            try:
-                blocks.append(block.as_string(policy=email.policy.compat32) if isinstance(block, Message) else "")
-            except Exception:  # noqa: BLE001 - a block the generator cannot write
-                blocks.append(_flatten(block))
-        return "\n\n".join(blocks)
-    return _text(part)
+# -- RFC 3464 ----------------------------------------------------------------------------------------------
 
 
 def _field_blocks(text: str) -> list[dict[str, str]]:
@@ -291,24 +271,23 @@ def _field_blocks(text: str) -> list[dict[str, str]]:
     blocks: list[dict[str, str]] = []
     current: dict[str, str] = {}
     last = ""
-    for line in text.split("\n"):
+    for line in [*text.split("\n"), ""]:
         if not line.strip():
             if current:
                 blocks.append(current)
             current, last = {}, ""
         elif line[0] in " \t" and last:
             current[last] += " " + line.strip()
-        elif m := re.match(r"\s*([A-Za-z][\w-]*)\s*:\s*(.*)", line):
-            last = m.group(1).lower()
-            if last in current:  # a repeated field starts the next recipient in blank-line-less reports
-                if last in ("final-recipient", "original-recipient") and "final-recipient" in current:
+        elif found := re.match(r"\s*([A-Za-z][\w-]*)\s*:\s*(.*)", line):
+            last = found.group(1).lower()
+            if last in current:
+                # Without blank lines between recipients, a second Final-Recipient starts the next group.
+                if last not in ("final-recipient", "original-recipient") or "final-recipient" not in current:
+                    last = "-repeated"
+                else:
                     blocks.append(current)
                     current = {}
-                else:
-                    last = "-ignored"
-            current[last] = m.group(2).strip()
-    if current:
-        blocks.append(current)
+            current[last] = found.group(2).strip()
     return blocks
 
 
@@ -316,50 +295,25 @@ def _recipient_of(block: dict[str, str]) -> str:
     """Final-Recipient (RFC 3464 §2.3.2), or Original-Recipient when the final one is no plain rfc822 address."""
     for name in ("final-recipient", "original-recipient"):
         value = block.get(name, "")
-        kind = value.split(";", 1)[0].strip().lower() if ";" in value else "rfc822"
+        address_type = value.split(";", 1)[0].strip().lower() if ";" in value else "rfc822"
         address = _address(value)
-        # X.400 forms ("/S=user/O=org/") and source routes ("@relay:user@host") cannot be correlated.
-        if kind == "rfc822" and re.fullmatch(r"[^@\s:/]+@[^@\s]+", address):
+        # X.400 forms ("/S=user/O=org/"), source routes ("@relay:user@host") and "<>" cannot be correlated.
+        if address_type == "rfc822" and re.fullmatch(r"[^@\s:/]+@[^@\s]+", address):
             return address
     return _address(block.get("final-recipient") or block.get("original-recipient") or "")
 
 
 def _address(value: str) -> str:
     """The addr-spec of a recipient field ("rfc822; <User@Example.org>"), lower-cased."""
-    value = value.split(";", 1)[1] if ";" in value else value
-    value = value.strip().strip("<>").strip()
-    found = _ADDR_RE.search(value)
-    if found and not (" " not in value and "@" in value):
-        value = found.group(0)
-    return value.split()[0].strip("<>\"'.,;").lower() if value.split() else ""
-
-
-def _first_status(text: str) -> str | None:
-    """The first RFC 3463 enhanced status code in a text."""
-    found = _STATUS_RE.search(text)
-    return found.group(1) if found else None
-
-
-def _remote_status(text: str, classes: str = "245") -> str | None:
-    """The enhanced code the remote server gave with its reply ("550-'5.7.1 ..."), else the first one."""
-    code = rf"([{classes}]\.\d{{1,3}}\.\d{{1,3}})(?![\d.]*\d)"
-    found = re.search(rf"(?<![\w.])[245]\d\d[ -]['\"]?{code}", text) or re.search(rf"(?<![\w.]){code}", text)
-    return found.group(1) if found else None
-
-
-def _first_smtp(text: str, classes: str = "245") -> int | None:
-    """The first SMTP reply code of the given classes in a text."""
-    found = next((m for m in _SMTP_RE.finditer(text) if m.group(1)[0] in classes), None)
-    return int(found.group(1)) if found else None
-
-
-def _one_line(text: str) -> str:
-    """Whitespace collapsed, trimmed to 500 characters."""
-    return " ".join(text.split())[:500]
+    value = (value.split(";", 1)[1] if ";" in value else value).strip()
+    if len(value.split()) > 1:  # a display name or a comment around it
+        found = _ADDR_RE.search(value)
+        value = found.group(0) if found else value.split()[0]
+    return value.strip("<>\"'.,; ").lower()
 
 
 def _from_status_parts(parts: _Parts) -> list[BouncedRecipient]:
-    """Per-recipient fields of RFC 3464 §2.3, one entry per recipient."""
+    """The per-recipient fields of RFC 3464 §2.3, one entry per recipient."""
     found: dict[str, BouncedRecipient] = {}
     for text in parts.statuses:
         blocks = _field_blocks(text)
@@ -371,25 +325,43 @@ def _from_status_parts(parts: _Parts) -> list[BouncedRecipient]:
             diagnostic = block.get("diagnostic-code", "")
             diagnostic = _one_line(diagnostic.split(";", 1)[1] if ";" in diagnostic[:20] else diagnostic)
             word = (block.get("action") or message_action).strip().lower()
-            # Some MTAs write "failure" or "Delayed (retrying)"; the RFC 3464 §2.3.3 word is the stem.
+            # Some MTAs write "failure" or "Delayed (retrying)": the RFC 3464 §2.3.3 word is the stem.
             action = next((a for a in _ACTIONS if word.startswith(a[:5])), None)
-            status = _first_status(block.get("status", ""))
-            remote = _remote_status(diagnostic)
+            status = _status(block.get("status", ""))
+            remote = _status(diagnostic)
             if remote and (status is None or remote[0] == status[0]):
-                # The remote server's own code in Diagnostic-Code is more precise than the reporting MTA's
-                # summary (Amazon SES says 5.1.0 for every failure, Sendmail 4.4.7 for every expiry).
+                # The remote server's own code is more precise than the reporting MTA's summary
+                # (Amazon SES says 5.1.0 for every failure, Sendmail 4.4.7 for every expiry).
                 status = remote
-            smtp_code = _first_smtp(diagnostic) or _first_smtp(block.get("status", ""))
+            smtp_code = _smtp_code(diagnostic) or _smtp_code(block.get("status", ""))
             if not diagnostic:
                 diagnostic = _line_about(recipient, parts.notices)
-                smtp_code = smtp_code or _first_smtp(diagnostic)
+                smtp_code = smtp_code or _smtp_code(diagnostic, "45")
             kind = classify(status=status, smtp_code=smtp_code, action=action, diagnostic=diagnostic)
             found[recipient] = BouncedRecipient(recipient, status, action, smtp_code, diagnostic, kind)
     return list(found.values())
 
 
+def _status(text: str, classes: str = "245") -> str | None:
+    """The enhanced code given with the remote server's reply ("550-'5.7.1 ..."), else the first one."""
+    code = rf"([{classes}]\.\d{{1,3}}\.\d{{1,3}})(?![\d.]*\d)"
+    found = re.search(rf"(?<![\w.])[245]\d\d[ -]['\"]?{code}", text) or re.search(rf"(?<![\w.]){code}", text)
+    return found.group(1) if found else None
+
+
+def _smtp_code(text: str, classes: str = "245") -> int | None:
+    """The first SMTP reply code of the given classes in a text."""
+    found = next((m for m in _SMTP_RE.finditer(text) if m.group(1)[0] in classes), None)
+    return int(found.group(1)) if found else None
+
+
+def _one_line(text: str) -> str:
+    """Whitespace collapsed, cut at 500 characters."""
+    return " ".join(text.split())[:500]
+
+
 def _line_about(recipient: str, notices: list[str]) -> str:
-    """The line of the human-readable part that mentions a recipient, with its continuation."""
+    """The line of the human-readable part that names a recipient, with its indented continuation."""
     for text in notices:
         lines = text.split("\n")
         for i, line in enumerate(lines):
@@ -399,84 +371,81 @@ def _line_about(recipient: str, notices: list[str]) -> str:
     return ""
 
 
+# -- correlation -----------------------------------------------------------------------------------------
+
+
 def _verp_token(msg: Message) -> str | None:
-    """The token of a VERP return path bounces+<token>@domain the bounce was sent to."""
+    """The token of the VERP address bounces+<token>@domain the bounce was sent to."""
     for name in ("delivered-to", "x-original-to", "to", "envelope-to"):
-        found = _VERP_RE.search(_header(msg, name))
-        if found:
+        if found := _VERP_RE.search(_header(msg, name)):
             return found.group(1)
     return None
 
 
 def _original_ids(msg: Message, parts: _Parts) -> tuple[str | None, str | None]:
-    """Message-ID and proxy id of the original from the attached or quoted original."""
+    """Message-ID and proxy id of the original: attached headers first, then lines quoted in the text."""
     message_id = proxy_id = None
     for original in parts.originals:
-        message_id = message_id or (_MSGID_LINE_RE.search("Message-ID: " + _header(original, "message-id")) or [None, None])[1]
+        if not message_id and (found := re.search(r"<[^<>\s]+>", _header(original, "message-id"))):
+            message_id = found.group(0)
         for name in ("x-mail-proxy-id", "x-genro-mail-id"):
-            value = _header(original, name)
-            if value.isdigit() and not proxy_id:
+            if not proxy_id and (value := _header(original, name)).isdigit():
                 proxy_id = value
     own_id = _header(msg, "message-id")
     for text in parts.original_texts + parts.notices:
         if not message_id:
-            ids = [m for m in _MSGID_LINE_RE.findall(text) if m != own_id]
-            message_id = ids[0] if ids else None
+            message_id = next((m for m in _MSGID_LINE_RE.findall(text) if m != own_id), None)
         if not proxy_id and (found := _PROXY_ID_RE.search(text)):
             proxy_id = found.group(1)
     return message_id, proxy_id
 
 
+# -- non-standard bounces -------------------------------------------------------------------------------
+
+
 def _is_autoreply(msg: Message, subject: str) -> bool:
-    """RFC 3834 auto-replies and out-of-office notices."""
+    """RFC 3834 auto-replies and out-of-office notices (mail systems set Auto-Submitted on bounces too)."""
     if _DAEMON_RE.search(_header(msg, "from")):
         return False
-    auto = _header(msg, "auto-submitted").lower()
-    return bool(auto.startswith("auto-replied") or _header(msg, "x-autoreply") or _AUTOREPLY_SUBJECT_RE.search(subject))
+    auto = _header(msg, "auto-submitted").lower().startswith("auto-replied") or _header(msg, "x-autoreply")
+    return bool(auto or _AUTOREPLY_SUBJECT_RE.search(subject))
 
 
 def _looks_like_bounce(msg: Message, subject: str, parts: _Parts) -> bool:
     """Heuristic for reports without status fields: sender, subject and wording together."""
     if _is_autoreply(msg, subject):
         return False
-    if _header(msg, "x-failed-recipients"):
+    if _header(msg, "x-failed-recipients"):  # Exim, Gmail
         return True
-    body = " ".join(" ".join(parts.notices).split())  # phrases are often wrapped across lines
     daemon = bool(_DAEMON_RE.search(_header(msg, "from")) or _header(msg, "return-path") == "<>")
-    worded = bool(_BOUNCE_BODY_RE.search(body))
+    worded = bool(_BOUNCE_BODY_RE.search(" ".join(" ".join(parts.notices).split())))  # wording wraps lines
     titled = bool(_BOUNCE_SUBJECT_RE.search(subject))
-    no_headers = not msg.keys()
     # qmail-style "<user@host>:" lines from a mail system are a bounce in any language (Sina, mail.ru).
     listed = bool(re.search(r"(?m)^\s*<[^<>@\s]+@[^<>\s]+>:", "\n".join(parts.notices)))
-    # Failure wording next to the returned original is a bounce whatever the sender calls itself (KDDI, Verizon).
-    returned = bool(parts.originals)
-    return (daemon and (worded or titled or listed)) or (worded and (titled or no_headers or returned))
+    # Failure wording next to the returned original is a bounce whatever the sender is called (KDDI).
+    context = titled or not msg.keys() or bool(parts.originals)
+    return (daemon and (worded or titled or listed)) or (worded and context)
 
 
 def _from_text(msg: Message, subject: str, parts: _Parts) -> list[BouncedRecipient]:
     """Recipients, codes and wording from the human-readable text of a non-standard bounce."""
     notice = "\n".join(parts.notices)
-    addresses = _text_recipients(msg, notice, parts)
     delayed = bool(_DELAY_RE.search(" ".join(notice.split())) or _DELAY_SUBJECT_RE.search(subject))
     action = "delayed" if delayed else "failed"
     result = []
-    for recipient, context in addresses:
-        # Only failure classes: "2.1.6" in a notice is a version number (Mailman 2.1.6), not a status.
-        status = _remote_status(context, "45")
-        smtp_code = _first_smtp(context, "45")  # a transcript's "220" greeting is no answer to our message
-        diagnostic = _diagnostic_line(context)
+    for recipient, context in _text_recipients(msg, notice, parts):
+        # Failure classes only: "2.1.6" in a notice is a version (Mailman 2.1.6), "220" a greeting.
+        status, smtp_code = _status(context, "45"), _smtp_code(context, "45")
         kind = classify(status=status, smtp_code=smtp_code, action=action, diagnostic=context)
-        result.append(BouncedRecipient(recipient, status, action, smtp_code, diagnostic, kind))
+        result.append(BouncedRecipient(recipient, status, action, smtp_code, _diagnostic_line(context), kind))
     return result
 
 
 def _diagnostic_line(context: str) -> str:
-    """The most telling line of a recipient's part of the notice: one with a code, else the first."""
+    """The most telling line of a recipient's part of a notice: one with a code, else the one after the address."""
     lines = [x.strip() for x in context.split("\n") if x.strip()]
-    for line in lines:
-        if _STATUS_RE.search(line) or _SMTP_RE.search(line):
-            return _one_line(line)
-    return _one_line(lines[1] if len(lines) > 1 else (lines[0] if lines else ""))
+    coded = [x for x in lines if _STATUS_RE.search(x) or _SMTP_RE.search(x)]
+    return _one_line((coded or lines[1:2] or lines[:1] or [""])[0])
 
 
 def _text_recipients(msg: Message, notice: str, parts: _Parts) -> list[tuple[str, str]]:
@@ -485,52 +454,47 @@ def _text_recipients(msg: Message, notice: str, parts: _Parts) -> list[tuple[str
     weak: list[tuple[int, str]] = []
     for m in _ADDR_RE.finditer(notice):
         addr = _clean_address(m.group(0))
-        line_start = notice.rfind("\n", 0, m.start()) + 1
-        prefix, rest = notice[line_start : m.start()], notice[m.end() : m.end() + 12]
+        prefix, rest = notice[notice.rfind("\n", 0, m.start()) + 1 : m.start()], notice[m.end() : m.end() + 12]
         if _EXPANDED_RE.search(prefix) and strong:
             # "<alias@x> (expanded from <list@y>)": the sender only knows the address it used (Postfix, Sendmail).
             strong[-1] = (strong[-1][0], addr)
             continue
         if _QUOTED_HEADER_RE.match(prefix) or _NOT_A_RECIPIENT_RE.search(prefix):
             continue
-        # A server reply just before it on the line ("552 Quota violation for a@b") names the recipient too,
-        # but not an address further on in the reply's prose ("... or write to abuse@rbl.example").
-        codes = list(_SMTP_RE.finditer(prefix)) + list(_STATUS_RE.finditer(prefix))
-        after = prefix[max(c.end() for c in codes) :] if codes else ""
-        reply = bool(codes) and len(after) <= 40 and not re.search(r"contact|http|www\.|visit|send|write", after, re.I)
-        if _LINE_START_RE.fullmatch(prefix) and _AFTER_ADDR_RE.match(rest) or _LEAD_IN_RE.search(prefix) or reply:
-            strong.append((m.start(), addr))
-        else:
-            weak.append((m.start(), addr))
+        # A server reply just before it on the line ("552 Quota violation for a@b") names the recipient,
+        # an address further on in the reply's prose ("... or write to abuse@rbl.example") does not.
+        ends = [c.end() for c in (*_SMTP_RE.finditer(prefix), *_STATUS_RE.finditer(prefix))]
+        after = prefix[max(ends) :] if ends else ""
+        reply = bool(ends) and len(after) <= 40 and not re.search(r"contact|http|www\.|visit|send|write", after, re.I)
+        line_start = bool(_LINE_START_RE.fullmatch(prefix) and _AFTER_ADDR_RE.match(rest))
+        (strong if line_start or reply or _LEAD_IN_RE.search(prefix) else weak).append((m.start(), addr))
     ours = {a.lower() for a in _ADDR_RE.findall(" ".join(_header(msg, n) for n in ("from", "to", "return-path")))}
     senders = set(ours)
-    for source in parts.originals:
+    for original in parts.originals:
         for name in ("from", "sender", "reply-to", "return-path", "errors-to"):
-            senders.update(a.lower() for a in _ADDR_RE.findall(_header(source, name)))
-    failed = [_clean_address(a) for a in _ADDR_RE.findall(_header(msg, "x-failed-recipients"))]
+            senders.update(a.lower() for a in _ADDR_RE.findall(_header(original, name)))
     named = [a for _, a in strong if a not in ours]
     candidates = (
-        failed
+        [_clean_address(a) for a in _ADDR_RE.findall(_header(msg, "x-failed-recipients"))]
         or [a for a in named if not _is_daemon(a)]
         or named  # a mailbox called postmaster can bounce too, when nobody else is named
         or [a for _, a in weak if a not in senders and not _is_daemon(a)]
         or _screen_names(msg, notice)
     )
     ordered = list(dict.fromkeys(candidates))
+    if len(ordered) == 1:
+        return [(ordered[0], notice)]
     mentions = sorted(strong + weak)
     result = []
     for addr in ordered:
-        starts = [pos for pos, a in mentions if a == addr]
-        begin = starts[0] if starts else 0
-        others = [pos for pos, a in mentions if a != addr and a in ordered and pos > begin]
-        end = min(others) if others else len(notice)
-        line_start = notice.rfind("\n", 0, begin) + 1
-        result.append((addr, notice[line_start:end] if len(ordered) > 1 else notice))
+        begin = next((pos for pos, a in mentions if a == addr), 0)
+        end = min((pos for pos, a in mentions if a != addr and a in ordered and pos > begin), default=len(notice))
+        result.append((addr, notice[notice.rfind("\n", 0, begin) + 1 : end]))
     return result
 
 
 def _screen_names(msg: Message, notice: str) -> list[str]:
-    """AOL lists bare screen names ("<tab>name") under "the following recipients"; they are @aol.com."""
+    """AOL lists bare screen names under "the following recipients"; they are @aol.com addresses."""
     if not re.search(r"@aol\.com\b", _header(msg, "from"), re.IGNORECASE):
         return []
     listed = re.search(r"following recipients[^\n]*\n((?:[ \t]+[\w.-]+[ \t]*\n?)+)", notice, re.IGNORECASE)
@@ -538,11 +502,10 @@ def _screen_names(msg: Message, notice: str) -> list[str]:
 
 
 def _clean_address(addr: str) -> str:
-    """An address found in text, without quotes, trailing dots or an X.400 "SMTP=" prefix (Exchange)."""
-    addr = addr.strip("'.").lower()
-    return re.sub(r"^(?:smtp|rfc-?822)=", "", addr)
+    """An address found in text, without quotes, trailing dots or an X.400 "SMTP=" prefix (Exchange 5.5)."""
+    return re.sub(r"^(?:smtp|rfc-?822)=", "", addr.strip("'.").lower())
 
 
 def _is_daemon(addr: str) -> bool:
-    """Addresses of mail systems rather than people: postmaster, mailer-daemon and friends."""
+    """Addresses of mail systems rather than people: postmaster, mailer-daemon and the like."""
     return bool(re.match(r"(?:postmaster|mailer-daemon|mail-daemon|mailerdaemon|mdaemon|abuse|root|uucp)@", addr))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 from pathlib import Path
+from xml.sax.saxutils import escape
 
 import pytest
 from django.utils import timezone
@@ -143,3 +144,56 @@ def test_pec_receipts_in_the_pec_mailbox_become_events(
     assert pec.poll_receipts() == 1
     assert list(MessageEvent.objects.filter(message=stored).values_list("event_type", flat=True)) == [
         EventType.PEC_ACCEPTANCE]
+
+
+def acceptance_receipt(msgid: str, recipient: str) -> bytes:
+    """An acceptance receipt as a PEC provider writes it: X-Ricevuta and a daticert.xml."""
+    daticert = (
+        '<?xml version="1.0" encoding="UTF-8"?>\n<postacert tipo="accettazione" errore="nessuno">'
+        f"<intestazione><mittente>sender@pec.example.it</mittente><destinatari tipo=\"certificato\">{recipient}"
+        "</destinatari><risposte>sender@pec.example.it</risposte><oggetto>Hello</oggetto></intestazione>"
+        "<dati><gestore-emittente>Example PEC S.p.A.</gestore-emittente>"
+        '<data zona="+0100"><giorno>03/12/2026</giorno><ora>10:15:30</ora></data>'
+        f"<identificativo>opec.1@pec.example.it</identificativo><msgid>{escape(msgid)}</msgid></dati></postacert>"
+    )
+    return (
+        "From: posta-certificata@pec.example.it\r\nTo: sender@pec.example.it\r\n"
+        f"Subject: ACCETTAZIONE: Hello\r\nX-Ricevuta: accettazione\r\nX-Riferimento-Message-ID: {msgid}\r\n"
+        'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="P"\r\n\r\n'
+        "--P\r\nContent-Type: text/plain; charset=UTF-8\r\n\r\nRicevuta di accettazione\r\n"
+        '--P\r\nContent-Type: application/xml; name="daticert.xml"\r\n'
+        'Content-Disposition: attachment; filename="daticert.xml"\r\n\r\n'
+        f"{daticert}\r\n--P--\r\n"
+    ).encode()
+
+
+def test_pec_message_end_to_end_acceptance_then_delivery_reach_the_tenant(
+    tenant: Tenant, imap: ImapServer, mailbox_user: str, smtp_server: object, tenant_app: object
+) -> None:
+    from datetime import datetime
+
+    from delivery import reports
+    from delivery import services as delivery
+
+    corpus = Path(__file__).resolve().parents[1] / "fixtures" / "pec" / "go-pec" / "avvenuta-consegna_anonymised.eml"
+    msgid = "<CZPXCJRZKQDRVYXFAZYUIAWNACDAAHEVAEXAKN@example.com>"  # what the corpus delivery receipt certifies
+    account = SmtpAccountFactory(
+        tenant=tenant, external_id="pec", is_pec=True, host=smtp_server.host, port=smtp_server.port,  # type: ignore[attr-defined]
+        user="", password_encrypted="", security="none", imap_host=imap.host, imap_port=imap.port,
+        imap_user=mailbox_user, imap_security="none", imap_password_encrypted=crypto.encrypt(PASSWORD))
+    Tenant.objects.filter(pk=tenant.pk).update(client_base_url=tenant_app.url)  # type: ignore[attr-defined]
+    enqueue_messages(scope=tenant, payloads=[message(id="pec-1", to="dest@example.example.com", message_id=msgid)])
+    delivery.send_due(account_pk=account.pk)
+    assert smtp_server.wait_for(1)[0].message_id == msgid  # type: ignore[attr-defined]
+
+    imap.append(mailbox_user, "INBOX", acceptance_receipt(msgid, "dest@example.example.com"))
+    pec.poll_receipts()
+    imap.append(mailbox_user, "INBOX", corpus.read_bytes())
+    pec.poll_receipts(force=True)
+    reports.report_tenant(tenant_id=tenant.pk, force=True)
+    items = [item for call in tenant_app.calls for item in call.items]  # type: ignore[attr-defined]
+    pec_items = [item for item in items if item["event"].startswith("pec_")]
+    assert [item["event"] for item in pec_items] == ["pec_acceptance", "pec_delivery"]
+    assert pec_items[0]["pec_ts"] == datetime.fromisoformat("2026-12-03T10:15:30+01:00").timestamp()
+    assert pec_items[1]["pec_ts"] == datetime.fromisoformat("2021-05-13T14:35:30+02:00").timestamp()
+    assert all(item["id"] == "pec-1" for item in pec_items)
