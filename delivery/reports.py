@@ -232,9 +232,9 @@ def report_tenant(*, tenant_id: str, force: bool = False) -> int:
         Tenant.objects.filter(pk=tenant_id).update(sync_lease_until=None)
     # Events or submissions that arrived while we held the lease could not ring us: look once more.
     latest = Tenant.objects.filter(pk=tenant_id).first()
-    if latest is not None and not (latest.sync_retry_at and latest.sync_retry_at > timezone.now()) and (
-        outbox(latest, 1) or (latest.sync_expect_more and _submitted_since(latest, latest.sync_last_call_at))
-    ):
+    if latest is not None and sync_url(latest) and calls and not (
+        latest.sync_retry_at and latest.sync_retry_at > timezone.now()
+    ) and (outbox(latest, 1) or (latest.sync_expect_more and _submitted_since(latest, latest.sync_last_call_at))):
         ring_reports([tenant_id])
     return calls
 
@@ -258,7 +258,10 @@ def ring_reports(tenant_ids: list[str]) -> list[str]:
         return []
     now = timezone.now()
     with transaction.atomic():
-        rung = list(Tenant.objects.filter(pk__in=tenant_ids).filter(
+        candidates = Tenant.objects.filter(pk__in=tenant_ids)
+        if not settings.GMP_CLIENT_SYNC_URL:
+            candidates = candidates.exclude(client_base_url="")  # nowhere to report to: nothing to ring
+        rung = list(candidates.filter(
             Q(sync_ring_until__isnull=True) | Q(sync_ring_until__lte=now)
         ).exclude(
             # Under load, events of the next moments go together in one call (the sweep

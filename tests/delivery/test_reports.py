@@ -363,3 +363,20 @@ def test_a_run_that_finds_the_lease_taken_gives_its_ring_back(tenant: Tenant, te
     assert run(tenant) == 0
     assert Tenant.objects.get(pk=tenant.pk).sync_ring_until is None  # the next sweep may ring again
     assert reports.ring_reports(["acme"]) == ["acme"]
+
+
+def test_a_tenant_without_a_url_is_never_rung(tenant: Tenant) -> None:
+    event(tenant, "m", sent_ts=1.0)
+    assert reports.ring_reports(["acme"]) == []
+    assert run(tenant) == 0
+    assert Tenant.objects.get(pk=tenant.pk).sync_ring_until is None  # and the run did not ring itself again
+
+
+def test_a_finished_run_rings_again_only_when_it_made_calls_and_events_wait(
+    tenant: Tenant, tenant_app: TenantApp
+) -> None:
+    point(tenant, tenant_app)
+    tenant_app.plan = [Answer(status=500)]
+    event(tenant, "m", sent_ts=1.0)
+    run(tenant)
+    assert Tenant.objects.get(pk=tenant.pk).sync_ring_until is None  # in backoff: no ring until it ends
