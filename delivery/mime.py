@@ -37,6 +37,20 @@ def _with_html_links(body: str, links: Sequence[Link]) -> str:
     return body[:closing] + block + body[closing:] if closing >= 0 else body + block
 
 
+def envelope_sender(message: Message) -> str:
+    """MAIL FROM: the message's return_path, else the tenant's bounce address, else From.
+
+    With `verp` in the tenant's bounce settings the address carries the message's number
+    (`bounces+<pk>@domain`), so even a bounce that quotes nothing of the original is matched.
+    """
+    bounce = message.tenant.bounce or {}
+    sender = addr_spec(message.return_path or bounce.get("return_path") or message.from_addr)
+    if bounce.get("verp") and not message.return_path and "@" in sender:
+        local, _, domain = sender.rpartition("@")
+        return f"{local.split('+', 1)[0]}+{message.pk}@{domain}"
+    return sender
+
+
 def addr_spec(address: str) -> str:
     """The bare `local@domain` of `Name <local@domain>`."""
     parsed = getaddresses([address])
@@ -81,7 +95,7 @@ def build_envelope(message: Message, *, recipients: list[str] | None = None,
 
     everyone = [addr_spec(a) for a in (*message.to, *message.cc, *message.bcc)]
     targets = recipients if recipients is not None else list(dict.fromkeys(everyone))
-    mail_from = addr_spec(message.return_path or message.from_addr)
+    mail_from = envelope_sender(message)
     # SMTPUTF8 only when an address needs it; otherwise non-ASCII text (subject, names,
     # file names) is RFC 2047/2231 encoded and any server takes the message.
     smtputf8 = not all(addr.isascii() for addr in (mail_from, addr_spec(message.from_addr), *everyone))

@@ -97,7 +97,7 @@ class TenantInSerializer(serializers.Serializer):
 
     def validate_bounce(self, value: dict[str, Any]) -> dict[str, Any]:
         allowed = {"enabled", "imap_host", "imap_port", "imap_user", "imap_password", "imap_folder",
-                   "security", "poll_interval", "processed_folder", "return_path"}
+                   "security", "poll_interval", "processed_folder", "return_path", "verp"}
         unknown = sorted(set(value) - allowed)
         if unknown:
             raise serializers.ValidationError(f"unknown key {unknown[0]!r}")

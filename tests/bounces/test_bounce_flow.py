@@ -100,3 +100,23 @@ def test_correlation_falls_back_to_the_message_id(sent: tuple[Message, bytes]) -
                                        if not line.lower().startswith((b"x-mail-proxy-id", b"x-genro-mail-id")))
     services.record_bounce(dsn_for(without_our_headers, "gone@example.com", "5.1.1", "550"))
     assert Bounce.objects.get().message == stored
+
+
+def test_verp_sender_carries_the_message_number_and_matches_a_bare_bounce(
+    tenant: Tenant, smtp_account: SmtpAccount, smtp_server: SmtpSink
+) -> None:
+    Tenant.objects.filter(pk=tenant.pk).update(bounce={"return_path": "bounces@example.com", "verp": True})
+    enqueue_messages(scope=tenant, payloads=[message(id="v", to="gone@example.com")])
+    delivery.send_due(account_pk=smtp_account.pk)
+    stored = Message.objects.get(external_id="v")
+    assert smtp_server.wait_for(1)[0].mail_from == f"bounces+{stored.pk}@example.com"
+    bare = (  # a bounce that quotes nothing of the original: only its envelope address says which
+        f"From: MAILER-DAEMON@mx.example.net\r\nTo: bounces+{stored.pk}@example.com\r\n"
+        "Subject: Delivery Status Notification (Failure)\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: multipart/report; report-type=delivery-status; boundary="B"\r\n\r\n'
+        "--B\r\nContent-Type: text/plain\r\n\r\nDelivery failed.\r\n"
+        "--B\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example.net\r\n\r\n"
+        "Final-Recipient: rfc822; gone@example.com\r\nAction: failed\r\nStatus: 5.1.1\r\n--B--\r\n"
+    ).encode()
+    assert services.record_bounce(bare) == 1
+    assert Bounce.objects.get().message == stored
