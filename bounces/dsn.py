@@ -5,6 +5,7 @@ from __future__ import annotations
 import email
 import email.policy
 import html
+import itertools
 import re
 from dataclasses import dataclass, field
 from email.message import Message
@@ -34,13 +35,15 @@ class DsnReport:
 
 
 _NOT_A_BOUNCE = DsnReport(False, (), None, None, None)
+_MAX_TEXT = 200_000  # characters read from one text part: notices are short, this bounds the regex work
 _ACTIONS = ("failed", "delayed", "delivered", "relayed", "expanded")
 
 # RFC 3463 §2 class.subject.detail; the look-arounds keep version strings ("4.1.0.193") and IPs out.
 _STATUS_RE = re.compile(r"(?<![\w.])([245]\.\d{1,3}\.\d{1,3})(?![\d.]*\d)")
 # An SMTP reply code (RFC 5321 §4.2), alone or opening a multi-line "550-" reply.
 _SMTP_RE = re.compile(r"(?<![\w.#/:=-])([245][0-5]\d)(?=[\s-]|$)")
-_ADDR_RE = re.compile(r"[\w.!#$%&'*+/=?^`{|}~-]+@[\w-]+(?:\.[\w-]+)*", re.ASCII)
+# Bounded like RFC 5321 §4.5.3.1 (64-octet local part, 63-octet labels), which also keeps scans linear.
+_ADDR_RE = re.compile(r"[\w.!#$%&'*+/=?^`{|}~-]{1,64}@[\w-]{1,63}(?:\.[\w-]{1,63})*", re.ASCII)
 _VERP_RE = re.compile(r"(?<![\w.+-])bounces\+([\w.=-]+)@", re.ASCII | re.IGNORECASE)
 _PROXY_ID_RE = re.compile(r"^[ >]*X-(?:Mail-Proxy|Genro-Mail)-ID:\s*(\d+)", re.IGNORECASE | re.MULTILINE)
 _MSGID_LINE_RE = re.compile(r"^[ >]*Message-ID:\s*(<[^<>\s]+>)", re.IGNORECASE | re.MULTILINE)
@@ -49,7 +52,7 @@ _QUOTA_RE = re.compile(
     r"|insufficient (?:system )?storage|mailbox size limit|mailbox exceeds",
     re.IGNORECASE,
 )
-_DAEMON_RE = re.compile(r"mailer-daemon|mail-?daemon|post_?master|mdaemon|mail delivery|mailer daemon|mmsc", re.I)
+_DAEMON_RE = re.compile(r"mailer-daemon|mail-?daemon|post_?master|mdaemon|mail delivery|mailer daemon", re.I)
 _BOUNCE_SUBJECT_RE = re.compile(
     r"undeliver|deliver(?:y|ed)? (?:status|fail|report|notification|problem|has failed|incomplete)|returned mail"
     r"|failure notice|failed mail|mail delivery|non-?delivery|not delivered|could not be delivered|delivery failure"
@@ -79,12 +82,12 @@ _DELAY_RE = re.compile(
 _DELAY_SUBJECT_RE = re.compile(r"delay|warning|postponed|still being retried|not yet delivered", re.IGNORECASE)
 _AUTOREPLY_SUBJECT_RE = re.compile(
     r"out of (?:the )?office|auto(?:matic)?[ -]?(?:reply|response|answer)|\bauto:|vacation|away until|abwesen"
-    r"|absence|automatyczna|atbilde",
+    r"|absence|r.ponse automatique|automatische antwort",
     re.IGNORECASE,
 )
 # Where a notice stops and the quoted original begins (qmail, Exim, Sendmail, Gmail, Yahoo, SMTP32, ...).
 _ORIGINAL_MARK_RE = re.compile(
-    r"^[\s>*=|-]*(?:(?:a|here is a|following is a) )?(?:below (?:this|the next) line|this is a copy of (?:the|your)"
+    r"^[ \t>*=|-]*(?:(?:a|here is a|following is a) )?(?:below (?:this|the next) line|this is a copy of (?:the|your)"
     r"|original message|(?:the )?first \d+ lines|unsent message|returned message|message headers? follows|start of"
     r"|text of the original|copy of the (?:original )?message|undelivered message|end of message|your message reads"
     r"|headers? of the (?:original|source|returned)|the original message headers|returned mail follows"
@@ -201,15 +204,24 @@ def _text(part: Message) -> str:
     if not isinstance(payload, bytes):
         value = part.get_payload()
         payload = value.encode("utf-8", "replace") if isinstance(value, str) else b""
+    payload = payload[: _MAX_TEXT * 4]
     try:
         text = payload.decode(part.get_content_charset() or "utf-8", "replace")
     except LookupError:  # an unknown charset name ("unicode-1-1-utf-7")
         text = payload.decode("latin-1")
     if part.get_content_subtype() == "html":
-        text = re.sub(r"(?is)<(script|style).*?</\1>", " ", text)
-        text = re.sub(r"(?i)<br\s*/?>|</p>|</div>|</tr>|</li>", "\n", text)
-        text = html.unescape(re.sub(r"<[^>]+>", " ", text))
-    return text.replace("\r\n", "\n").replace("\r", "\n")
+        text = _html_text(text[:_MAX_TEXT])
+    return text[:_MAX_TEXT].replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _html_text(text: str) -> str:
+    """HTML reduced to its text, in linear time (unclosed tags make html.parser and lazy regexes quadratic)."""
+    for tag in ("script", "style"):
+        pieces = re.split(rf"(?i)<{tag}\b", text)
+        ends = [(piece, piece.lower().find(f"</{tag}")) for piece in pieces[1:]]
+        text = " ".join([pieces[0], *(piece[end:] for piece, end in ends if end >= 0)])
+    text = re.sub(r"(?i)<(?:br|/p|/div|/tr|/li)\b[^<>]{0,2000}>", "\n", text)
+    return html.unescape(re.sub(r"<[^<>]{0,2000}>", " ", text))
 
 
 def _collect(part: Message, parts: _Parts, *, top: bool = False) -> None:
@@ -228,7 +240,7 @@ def _collect(part: Message, parts: _Parts, *, top: bool = False) -> None:
         blocks = [b for b in payload if isinstance(b, Message)] if isinstance(payload, list) else []
         # A field the parser cannot read (an unindented continuation line) ends a block's "headers" early:
         # the rest lands in the block's body, so that is read as fields too.
-        texts = [_flatten(b) + "\n" + (b.get_payload() if isinstance(b.get_payload(), str) else "") for b in blocks]
+        texts = [_flatten(b) + "\n" + ("" if b.is_multipart() else str(b.get_payload())) for b in blocks]
         parts.statuses.append("\n\n".join(texts) if texts else _text(part))
         return
     if ctype == "text/rfc822-headers":
@@ -240,6 +252,11 @@ def _collect(part: Message, parts: _Parts, *, top: bool = False) -> None:
         for sub in payload if isinstance(payload, list) else []:
             if isinstance(sub, Message):
                 _collect(sub, parts)
+        return
+    if not top and (part.get("message-id") or part.get("received")):
+        # A returned original whose own headers became the MIME part's headers (lost boundary lines).
+        parts.originals.append(part)
+        parts.original_texts.append(_flatten(part))
         return
     # A multipart whose boundary parameter got lost (a broken fold) arrives as one leaf: read it as text.
     if part.get_content_maintype() in ("text", "multipart") or top:
@@ -255,12 +272,8 @@ def _collect(part: Message, parts: _Parts, *, top: bool = False) -> None:
 
 
 def _flatten(msg: Message) -> str:
-    """The header fields of a message (or of one delivery-status block) as "Name: value" lines, in order."""
-    try:
-        fields = [(name, str(value)) for name, value in msg.items()]
-    except Exception:  # noqa: BLE001 - a field the default policy cannot parse: take them all unparsed
-        fields = [(name, str(value)) for name, value in msg.raw_items()]
-    return "\n".join(f"{name}: {value}" for name, value in fields)
+    """The header fields of a message (or of one delivery-status block) as unparsed "Name: value" lines."""
+    return "\n".join(f"{name}: {value}" for name, value in msg.raw_items())
 
 
 # -- RFC 3464 ----------------------------------------------------------------------------------------------
@@ -315,6 +328,8 @@ def _address(value: str) -> str:
 def _from_status_parts(parts: _Parts) -> list[BouncedRecipient]:
     """The per-recipient fields of RFC 3464 §2.3, one entry per recipient."""
     found: dict[str, BouncedRecipient] = {}
+    notice = "\n".join(parts.notices)
+    lowered = notice.lower()
     for text in parts.statuses:
         blocks = _field_blocks(text)
         message_action = next((b["action"] for b in blocks if "action" in b and "final-recipient" not in b), "")
@@ -335,7 +350,7 @@ def _from_status_parts(parts: _Parts) -> list[BouncedRecipient]:
                 status = remote
             smtp_code = _smtp_code(diagnostic) or _smtp_code(block.get("status", ""))
             if not diagnostic:
-                diagnostic = _line_about(recipient, parts.notices)
+                diagnostic = _line_about(recipient, notice, lowered)
                 smtp_code = smtp_code or _smtp_code(diagnostic, "45")
             kind = classify(status=status, smtp_code=smtp_code, action=action, diagnostic=diagnostic)
             found[recipient] = BouncedRecipient(recipient, status, action, smtp_code, diagnostic, kind)
@@ -360,15 +375,15 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())[:500]
 
 
-def _line_about(recipient: str, notices: list[str]) -> str:
+def _line_about(recipient: str, notice: str, lowered: str) -> str:
     """The line of the human-readable part that names a recipient, with its indented continuation."""
-    for text in notices:
-        lines = text.split("\n")
-        for i, line in enumerate(lines):
-            if recipient in line.lower():
-                more = [x for x in lines[i + 1 : i + 4] if x.startswith((" ", "\t")) and x.strip()]
-                return _one_line(" ".join([line, *more]))
-    return ""
+    at = lowered.find(recipient)
+    if at < 0:
+        return ""
+    start = notice.rfind("\n", 0, at) + 1
+    lines = notice[start:].split("\n", 4)
+    more = [x for x in lines[1:4] if x.startswith((" ", "\t")) and x.strip()]
+    return _one_line(" ".join([lines[0], *more]))
 
 
 # -- correlation -----------------------------------------------------------------------------------------
@@ -392,7 +407,8 @@ def _original_ids(msg: Message, parts: _Parts) -> tuple[str | None, str | None]:
             if not proxy_id and (value := _header(original, name)).isdigit():
                 proxy_id = value
     own_id = _header(msg, "message-id")
-    for text in parts.original_texts + parts.notices:
+    # Status texts come last: a broken boundary can leave the original's headers inside them.
+    for text in parts.original_texts + parts.notices + parts.statuses:
         if not message_id:
             message_id = next((m for m in _MSGID_LINE_RE.findall(text) if m != own_id), None)
         if not proxy_id and (found := _PROXY_ID_RE.search(text)):
@@ -452,21 +468,23 @@ def _text_recipients(msg: Message, notice: str, parts: _Parts) -> list[tuple[str
     """Failed addresses named in a notice, each with the stretch of text that concerns it."""
     strong: list[tuple[int, str]] = []
     weak: list[tuple[int, str]] = []
-    for m in _ADDR_RE.finditer(notice):
+    for m in itertools.islice(_ADDR_RE.finditer(notice), 1000):  # a notice naming more is no notice
         addr = _clean_address(m.group(0))
-        prefix, rest = notice[notice.rfind("\n", 0, m.start()) + 1 : m.start()], notice[m.end() : m.end() + 12]
+        line_begin = notice.rfind("\n", 0, m.start()) + 1
+        whole_line = m.start() - line_begin <= 200  # prefixes are cut at 200 characters to bound the regex work
+        prefix, rest = notice[max(line_begin, m.start() - 200) : m.start()], notice[m.end() : m.end() + 12]
         if _EXPANDED_RE.search(prefix) and strong:
             # "<alias@x> (expanded from <list@y>)": the sender only knows the address it used (Postfix, Sendmail).
             strong[-1] = (strong[-1][0], addr)
             continue
-        if _QUOTED_HEADER_RE.match(prefix) or _NOT_A_RECIPIENT_RE.search(prefix):
+        if (whole_line and _QUOTED_HEADER_RE.match(prefix)) or _NOT_A_RECIPIENT_RE.search(prefix):
             continue
         # A server reply just before it on the line ("552 Quota violation for a@b") names the recipient,
         # an address further on in the reply's prose ("... or write to abuse@rbl.example") does not.
         ends = [c.end() for c in (*_SMTP_RE.finditer(prefix), *_STATUS_RE.finditer(prefix))]
         after = prefix[max(ends) :] if ends else ""
         reply = bool(ends) and len(after) <= 40 and not re.search(r"contact|http|www\.|visit|send|write", after, re.I)
-        line_start = bool(_LINE_START_RE.fullmatch(prefix) and _AFTER_ADDR_RE.match(rest))
+        line_start = bool(whole_line and _LINE_START_RE.fullmatch(prefix) and _AFTER_ADDR_RE.match(rest))
         (strong if line_start or reply or _LEAD_IN_RE.search(prefix) else weak).append((m.start(), addr))
     ours = {a.lower() for a in _ADDR_RE.findall(" ".join(_header(msg, n) for n in ("from", "to", "return-path")))}
     senders = set(ours)
