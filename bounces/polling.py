@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 BATCH = 100
 
 
-def poll_mailbox(*, key: str, settings: MailboxSettings, interval: int, handle: Callable[[bytes], None],
+def poll_mailbox(*, key: str, settings: MailboxSettings, interval: int, handle: Callable[[bytes], object],
                  force: bool = False) -> int:
     """Read what is new in one mailbox; the number of messages handled (0: not due, or busy)."""
     now = timezone.now()

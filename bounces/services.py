@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from datetime import timedelta
+from functools import partial
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -103,7 +104,7 @@ def poll_bounces(*, force: bool = False) -> int:
         if mailbox is not None:
             handled += poll_mailbox(key=f"bounce:tenant:{tenant.pk}", settings=mailbox,
                                     interval=int(tenant.bounce.get("poll_interval") or 60),
-                                    handle=lambda raw, t=tenant: record_bounce(raw, tenant=t), force=force)
+                                    handle=partial(record_bounce, tenant=tenant), force=force)
     if settings.GMP_BOUNCE_IMAP_HOST:
         shared = MailboxSettings(
             host=settings.GMP_BOUNCE_IMAP_HOST, port=settings.GMP_BOUNCE_IMAP_PORT, user=settings.GMP_BOUNCE_IMAP_USER,
@@ -111,5 +112,5 @@ def poll_bounces(*, force: bool = False) -> int:
             security=settings.GMP_BOUNCE_IMAP_SECURITY, processed_folder=settings.GMP_BOUNCE_PROCESSED_FOLDER,
         )
         handled += poll_mailbox(key="bounce:instance", settings=shared, interval=settings.GMP_BOUNCE_POLL_INTERVAL,
-                                handle=lambda raw: record_bounce(raw), force=force)
+                                handle=record_bounce, force=force)
     return handled

@@ -5,13 +5,14 @@ from __future__ import annotations
 import hashlib
 import logging
 from datetime import timedelta
+from functools import partial
 
-from bounces.imap import MailboxSettings
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
+from bounces.imap import MailboxSettings
 from bounces.polling import poll_mailbox
 from delivery.mime import addr_spec
 from pec.models import PecReceiptRecord
@@ -83,7 +84,7 @@ def poll_receipts(*, force: bool = False) -> int:
     for account in SmtpAccount.objects.filter(is_pec=True).select_related("tenant"):
         handled += poll_mailbox(key=f"pec:account:{account.pk}", settings=account_mailbox(account),
                                 interval=account.imap_poll_interval,
-                                handle=lambda raw, a=account: record_receipt(raw, account=a), force=force)
+                                handle=partial(record_receipt, account=account), force=force)
     return handled
 
 
