@@ -13,6 +13,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from delivery.mime import addr_spec
 from queueing.models import Suppression, SuppressionSource
 from queueing.validation import Invalid, one_address
 from tenants.auth import principal_of, resolve_tenant
@@ -28,7 +29,7 @@ class SuppressionInSerializer(serializers.Serializer):
 
     def validate_address(self, value: str) -> str:
         try:
-            return one_address("address", value).rsplit("<", 1)[-1].rstrip(">").lower()
+            return addr_spec(one_address("address", value)).lower()
         except Invalid as exc:
             raise serializers.ValidationError(exc.reason.removeprefix("address: ")) from None
 

@@ -106,12 +106,14 @@ def check_timeouts() -> int:
                                         "pec_event": "accettazione", "pec_ts": None, "recipient": None,
                                         "pec_details": "no acceptance receipt in time"})
         created += 1
-    overdue = pec_sent.filter(sent_at__lte=now - timedelta(seconds=settings.GMP_PEC_DELIVERY_TIMEOUT))
-    for message in overdue.exclude(has(EventType.PEC_TIMEOUT, pec_event="avvenuta-consegna"))[:500]:
-        delivered = set(MessageEvent.objects.filter(message=message, event_type__in=[
-            EventType.PEC_DELIVERY, EventType.PEC_ERROR]).values_list("details__recipient", flat=True))
+    overdue = list(pec_sent.filter(sent_at__lte=now - timedelta(seconds=settings.GMP_PEC_DELIVERY_TIMEOUT))
+                   .exclude(has(EventType.PEC_TIMEOUT, pec_event="avvenuta-consegna"))[:500])
+    answered = set(MessageEvent.objects.filter(
+        message__in=overdue, event_type__in=[EventType.PEC_DELIVERY, EventType.PEC_ERROR],
+    ).values_list("message_id", "details__recipient"))
+    for message in overdue:
         for recipient in dict.fromkeys(addr_spec(a).lower() for a in (*message.to, *message.cc, *message.bcc)):
-            if recipient not in delivered:
+            if (message.pk, recipient) not in answered:
                 MessageEvent.objects.create(
                     tenant_id=message.tenant_id, message=message, external_id=message.external_id,
                     event_type=EventType.PEC_TIMEOUT, occurred_at=now, details={

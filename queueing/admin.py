@@ -53,7 +53,6 @@ class MessageAdmin(admin.ModelAdmin):
     list_select_related = ("account",)
     show_full_result_count = False
     paginator = EstimatedCountPaginator
-    date_hierarchy = None
     inlines = (MessageEventInline,)
     actions = ("retry_now", "cancel", "resend_reports")
 

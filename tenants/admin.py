@@ -61,7 +61,7 @@ class TenantAdmin(admin.ModelAdmin):
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
-    """Keys are made by the `issue_key` action or the API; the raw key is shown once, here."""
+    """Keys are made through the API; rotating one here shows the new raw key once."""
 
     list_display = ("prefix", "tenant", "label", "created_at", "expires_at", "last_used_at", "revoked_at")
     list_filter = ("tenant",)

@@ -78,3 +78,17 @@ def test_missing_receipts_time_out_once(tenant: Tenant, pec_account: SmtpAccount
     timeouts = MessageEvent.objects.filter(message=stored, event_type=EventType.PEC_TIMEOUT)
     assert sorted(e.details["pec_event"] for e in timeouts) == ["accettazione", "avvenuta-consegna"]
     assert services.check_timeouts() == 0
+
+
+@override_settings(GMP_PEC_ACCEPTANCE_TIMEOUT=60, GMP_PEC_DELIVERY_TIMEOUT=120)
+def test_only_recipients_without_a_delivery_receipt_time_out(tenant: Tenant, pec_account: SmtpAccount) -> None:
+    stored = sent_message(tenant, pec_account, cc=["other@fakepec.it"])
+    MessageEvent.objects.create(tenant=tenant, message=stored, external_id=stored.external_id,
+                                event_type=EventType.PEC_ACCEPTANCE, occurred_at=timezone.now(), details={})
+    MessageEvent.objects.create(tenant=tenant, message=stored, external_id=stored.external_id,
+                                event_type=EventType.PEC_DELIVERY, occurred_at=timezone.now(),
+                                details={"recipient": "rec@fakepec.it"})
+    Message.objects.filter(pk=stored.pk).update(sent_at=timezone.now() - timedelta(seconds=200))
+    assert services.check_timeouts() == 1
+    late = MessageEvent.objects.get(message=stored, event_type=EventType.PEC_TIMEOUT)
+    assert late.details["recipient"] == "other@fakepec.it"
