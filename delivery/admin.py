@@ -7,8 +7,8 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from delivery import smtp
 from delivery.models import StoredFile
+from delivery.probe import probe_account
 from tenants import crypto
 from tenants.models import SmtpAccount
 
@@ -48,20 +48,25 @@ class SmtpAccountAdmin(admin.ModelAdmin):
     search_fields = ("external_id", "host", "tenant__id")
     readonly_fields = ("account_error", "account_error_at", "paused_until", "unreachable_since", "backoff_seconds",
                        "created_at", "updated_at")
-    actions = ("test_connection",)
+    actions = ("test_connection", "send_test_message")
 
     @admin.action(description="Test the connection (connect, authenticate, say goodbye)")
     def test_connection(self, request: HttpRequest, queryset: QuerySet[SmtpAccount]) -> None:
         for account in queryset:
-            try:
-                client = smtp.connect(account)
-            except (smtp.Unreachable, smtp.AuthRefused) as exc:
-                self.message_user(request, f"{account}: {exc}", level=messages.ERROR)
-                continue
-            code, text = client.noop()
-            client.quit()
-            self.message_user(request, f"{account}: connected, the server answers {code} "
-                                       f"{text.decode(errors='replace')}")
+            result = probe_account(account)
+            self.message_user(request, f"{account}: {result}", level=messages.SUCCESS if result.ok else messages.ERROR)
+
+    @admin.action(description="Send a test message to my own address")
+    def send_test_message(self, request: HttpRequest, queryset: QuerySet[SmtpAccount]) -> None:
+        recipient = getattr(request.user, "email", "")
+        if not recipient:
+            self.message_user(request, "Your admin user has no email address: set one to receive the test message.",
+                              level=messages.ERROR)
+            return
+        for account in queryset:
+            result = probe_account(account, send_to=recipient)
+            self.message_user(request, f"{account}: test message to {recipient}: {result}",
+                              level=messages.SUCCESS if result.ok else messages.ERROR)
 
 
 @admin.register(StoredFile)

@@ -19,7 +19,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from mailproxy.params import query_bool, query_float, query_int
-from queueing import dispatch, selectors, services
+from queueing import selectors, services
 from queueing.models import MessageEvent, Status
 from queueing.serializers import (
     AddMessagesInSerializer,
@@ -73,12 +73,9 @@ class AddMessagesView(APIView):
         if unknown:
             raise ValidationError({unknown[0]: "is not a known field"})
         principal = principal_of(request)
-        result = services.enqueue_messages(
+        result = services.submit_messages(
             scope=principal.tenant, payloads=messages, default_priority=default_priority
         )
-        dispatch.ring_after_commit(result.queued_accounts)
-        if result.tenants_expecting_sync:
-            dispatch.wake_reports(result.tenants_expecting_sync)
         return Response({
             "ok": result.queued > 0 or not result.rejected,
             "queued": result.queued,
@@ -233,17 +230,7 @@ class AccountDetailView(APIView):
 class RunNowView(APIView):
     @extend_schema(request=None, responses=OpenApiTypes.OBJECT)
     def post(self, request: Request) -> Response:
-        """Wake dispatch and reporting now: the admin for every tenant, a tenant for itself.
-
-        Reports given up on are put back in the outbox. A tenant's own run-now also clears
-        its Do Not Disturb; the admin's keeps every tenant's.
-        """
+        """Wake dispatch and reporting now: the admin for every tenant, a tenant for itself."""
         principal = principal_of(request)
-        tenant_id = None if principal.tenant is None else principal.tenant.id
-        rung = dispatch.dispatch_due(tenant_id=tenant_id)
-        resent = services.resend_undelivered(tenant_id=tenant_id)
-        if tenant_id is None:
-            dispatch.wake_all_reports()
-        else:
-            dispatch.wake_reports([tenant_id], force=True)
-        return Response({"ok": True, "accounts_rung": len(rung), "reports_resent": resent})
+        done = services.run_now(tenant_id=None if principal.tenant is None else principal.tenant.id)
+        return Response({"ok": True, "accounts_rung": done.accounts_rung, "reports_resent": done.reports_resent})

@@ -73,6 +73,8 @@ class Message(models.Model):
     body_html = models.TextField(blank=True)
     headers = models.JSONField(default=dict, blank=True)
     attachments = models.JSONField(default=list, blank=True)
+    # A message given whole (RFC 5322, base64): sent as given, with the proxy's headers set.
+    raw_eml = models.TextField(blank=True, default="")
     message_id = models.CharField(max_length=500)
 
     created_at = models.DateTimeField(auto_now_add=True)

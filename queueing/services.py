@@ -15,6 +15,7 @@ from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.db.models import Case, Exists, Field, OuterRef, Q, Value, When
 from django.utils import timezone
 
+from queueing import dispatch
 from queueing.models import (
     FINAL_STATUSES,
     WAITING_STATUSES,
@@ -243,8 +244,8 @@ def enqueue_messages(
 # queue (id, created_at) is deliberately absent from the replacement.
 _CONTENT_COLUMNS = (
     "account_id", "status", "priority", "batch_code", "from_addr", "to", "cc", "bcc", "reply_to", "return_path",
-    "subject", "body", "content_type", "body_text", "body_html", "headers", "attachments", "message_id",
-    "updated_at", "deferred_until", "expires_at", "next_attempt_at", "attempts", "sent_at", "error_at",
+    "subject", "body", "content_type", "body_text", "body_html", "headers", "attachments", "raw_eml",
+    "message_id", "updated_at", "deferred_until", "expires_at", "next_attempt_at", "attempts", "sent_at", "error_at",
     "last_error", "smtp_code", "lease_until", "lease_token", "pending_recipients", "refused", "possible_duplicate",
     "deferred_reason",
 )
@@ -260,7 +261,7 @@ def _row(item: _Accepted, now: datetime) -> dict[str, Any]:
         "to": payload.to, "cc": payload.cc, "bcc": payload.bcc, "reply_to": payload.reply_to,
         "return_path": payload.return_path, "subject": payload.subject, "body": payload.body,
         "content_type": payload.content_type, "body_text": payload.body_text, "body_html": payload.body_html,
-        "headers": payload.headers, "attachments": payload.attachments,
+        "headers": payload.headers, "attachments": payload.attachments, "raw_eml": payload.raw_eml,
         "message_id": payload.message_id or _new_message_id(payload), "updated_at": now,
         "deferred_until": payload.deferred_until, "expires_at": payload.expires_at,
         "next_attempt_at": payload.deferred_until or now, "attempts": 0, "sent_at": None, "error_at": None,
@@ -545,3 +546,35 @@ def resend_undelivered(*, tenant_id: str | None) -> int:
     if tenant_id is not None:
         events = events.filter(tenant_id=tenant_id)
     return events.update(undelivered_at=None)
+
+
+def submit_messages(
+    *, scope: Tenant | None, payloads: Sequence[Any], default_priority: int | None = None
+) -> EnqueueResult:
+    """Enqueue, then ring: what every front door (API, CLI, admin) does with new mail."""
+    result = enqueue_messages(scope=scope, payloads=payloads, default_priority=default_priority)
+    dispatch.ring_after_commit(result.queued_accounts)
+    if result.tenants_expecting_sync:
+        dispatch.wake_reports(result.tenants_expecting_sync)
+    return result
+
+
+@dataclass(frozen=True)
+class RunNowResult:
+    accounts_rung: int
+    reports_resent: int
+
+
+def run_now(*, tenant_id: str | None) -> RunNowResult:
+    """Wake dispatch and reporting now: every tenant (None), or one.
+
+    Reports given up on are put back in the outbox. One tenant's run-now also clears its
+    Do Not Disturb; the instance-wide one keeps every tenant's.
+    """
+    rung = dispatch.dispatch_due(tenant_id=tenant_id)
+    resent = resend_undelivered(tenant_id=tenant_id)
+    if tenant_id is None:
+        dispatch.wake_all_reports()
+    else:
+        dispatch.wake_reports([tenant_id], force=True)
+    return RunNowResult(accounts_rung=len(rung), reports_resent=resent)

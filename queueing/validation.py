@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import email.policy
 import math
 import os
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.headerregistry import Address
+from email.parser import BytesHeaderParser
 from functools import lru_cache
 from typing import Any
 
@@ -32,8 +34,10 @@ FETCH_MODES = ("base64", "filesystem", "http_url", "endpoint")
 MESSAGE_FIELDS = frozenset({
     "id", "tenant_id", "account_id", "from", "to", "cc", "bcc", "reply_to", "return_path", "subject", "body",
     "content_type", "body_text", "body_html", "headers", "message_id", "priority", "deferred_ts", "expires_ts",
-    "batch_code", "attachments",
+    "batch_code", "attachments", "eml",
 })
+# With `eml` the message is given whole; these parts would contradict it.
+EML_EXCLUSIVE = ("body", "body_text", "body_html", "content_type", "headers", "attachments")
 ATTACHMENT_FIELDS = frozenset({"filename", "storage_path", "fetch_mode", "mime_type", "content_md5", "auth"})
 
 # Headers the proxy writes itself; a client value would be ignored or would conflict.
@@ -80,6 +84,7 @@ class MessageIn:
     expires_at: datetime | None = None
     batch_code: str = ""
     attachments: list[dict[str, Any]] = field(default_factory=list)
+    raw_eml: str = ""  # base64 of a whole RFC 5322 message, sent as given
 
 
 def parse_priority(value: Any, name: str = "priority") -> int:
@@ -318,6 +323,50 @@ def _source_problem(mode: str, path: str) -> str | None:
     return None
 
 
+def _eml(raw: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """A message given whole (`eml`, base64 of RFC 5322 bytes): its canonical base64 and
+    the fields its headers supply where the request leaves them out.
+
+    Fields given in the request win: `to` given with an eml sends that eml to those
+    recipients, its own headers unchanged.
+    """
+    value = raw.get("eml")
+    if not isinstance(value, str) or not value:
+        raise Invalid("eml", "must be the base64 of an RFC 5322 message")
+    for name in EML_EXCLUSIVE:
+        if raw.get(name) not in (None, "", [], {}):
+            raise Invalid(name, "cannot be given with eml: the eml is the whole message")
+    try:
+        data = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise Invalid("eml", "is not valid base64") from None
+    headers = BytesHeaderParser(policy=email.policy.default).parsebytes(data)
+    if not data.strip() or not headers.keys():
+        raise Invalid("eml", "has no header section: not an RFC 5322 message")
+    found: dict[str, Any] = {}
+
+    def header(name: str) -> str | None:
+        try:
+            text = headers.get(name)
+        except (ValueError, IndexError, TypeError):  # a header the parser cannot make sense of
+            raise Invalid(f"eml.{name}", "cannot be parsed") from None
+        return None if text is None else " ".join(str(text).split())
+
+    for field_name, header_name in (("from", "From"), ("to", "To"), ("cc", "Cc"), ("bcc", "Bcc"),
+                                    ("reply_to", "Reply-To"), ("subject", "Subject"),
+                                    ("message_id", "Message-ID")):
+        text = header(header_name)
+        if field_name == "message_id" and text:
+            try:
+                _message_id({"message_id": text})
+            except Invalid:  # a malformed Message-ID of the eml: a fresh one replaces it
+                continue
+        if text and raw.get(field_name) in (None, "", []):
+            found[field_name] = text
+    found.setdefault("subject", raw.get("subject") or "")
+    return base64.b64encode(data).decode("ascii"), found
+
+
 def parse_message(raw: Any, *, now: datetime) -> MessageIn:
     """Check one submitted message; raise `Invalid` naming the first wrong field."""
     if not isinstance(raw, dict):
@@ -328,6 +377,10 @@ def parse_message(raw: Any, *, now: datetime) -> MessageIn:
     external_id = client_id_of(raw)
     if external_id is None:
         raise Invalid("id", f"is required: a string of 1-{MAX_ID_LENGTH} characters without control characters")
+    raw_eml = ""
+    if raw.get("eml") is not None:
+        raw_eml, from_headers = _eml(raw)
+        raw = {**raw, **from_headers}
 
     body = _text(raw, "body")
     body_text = _text(raw, "body_text")
@@ -380,4 +433,5 @@ def parse_message(raw: Any, *, now: datetime) -> MessageIn:
         expires_at=expires_at,
         batch_code=_text(raw, "batch_code", single_line=True, max_length=200),
         attachments=_attachments(raw),
+        raw_eml=raw_eml,
     )
