@@ -32,7 +32,7 @@ run: install
 test: install-dev test-postgres test-sqlite
 
 test-postgres: install-dev
-	DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/pytest --create-db $(PYTEST_ARGS)
+	DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/pytest --create-db -m "not sqlite_only" $(PYTEST_ARGS)
 
 test-sqlite: install-dev
 	DATABASE_URL= $(BIN)/pytest -m "not postgres" $(PYTEST_ARGS)

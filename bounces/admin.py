@@ -11,6 +11,8 @@ from bounces.models import Bounce, MailboxCursor
 class BounceAdmin(admin.ModelAdmin):
     list_display = ("recipient", "tenant", "kind", "status", "smtp_code", "message", "received_at")
     list_filter = ("kind", "tenant")
+    list_select_related = ("tenant", "message")  # the message may be gone: a nullable key
+    show_full_result_count = False
     search_fields = ("recipient", "diagnostic")
     readonly_fields = ("tenant", "message", "recipient", "status", "smtp_code", "kind", "diagnostic", "dedupe_key",
                        "received_at", "raw_text")

@@ -13,6 +13,7 @@ the traceback of an unexpected one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -107,7 +108,7 @@ class Instance:
     def url(self) -> str:
         config = self.config
         host = config.get("host", "127.0.0.1")
-        return f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{config.get('port', 8000)}"  # noqa: S104
+        return f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{config.get('port', 8000)}"  # noqa: S104 (a listen-anywhere host is reached on loopback)
 
     def pid_file(self, process: str) -> Path:
         return self.path / f"{process}.pid"
@@ -223,7 +224,7 @@ def cmd_start(args: list[str]) -> int:
     options: argparse.Namespace = parser.parse_args(args)
     instance = Instance.named(options.name, must_exist=False)
     created = not instance.config_file.exists()
-    config = {"name": instance.name, "port": 8000, "host": "127.0.0.1", "concurrency": 2, "env": {}}
+    config: dict[str, Any] = {"name": instance.name, "port": 8000, "host": "127.0.0.1", "concurrency": 2, "env": {}}
     if not created:
         config.update(instance.config)
     for key in ("port", "host", "concurrency"):
@@ -291,19 +292,15 @@ def _stop(instance: Instance) -> list[str]:
     """SIGTERM each process of the instance (Celery: warm shutdown), SIGKILL what outlives the wait."""
     running = instance.pids()
     for pid in running.values():
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
     deadline = time.monotonic() + STOP_TIMEOUT
     while any(_is_ours(pid, instance.path) for pid in running.values()) and time.monotonic() < deadline:
         time.sleep(0.2)
     for pid in running.values():
         if _is_ours(pid, instance.path):
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)  # its own session: the group is the process and its children
-            except (ProcessLookupError, PermissionError):
-                pass
     for process in PROCESSES:
         instance.pid_file(process).unlink(missing_ok=True)
     return list(running)
@@ -326,7 +323,7 @@ def cmd_list(args: list[str]) -> int:
     parser = _parser("list", "every instance under GMP_HOME")
     parser.add_argument("--json", action="store_true")
     options = parser.parse_args(args)
-    rows = []
+    rows: list[dict[str, Any]] = []
     folder = home()
     for path in sorted(folder.iterdir()) if folder.is_dir() else []:
         if not (path / "instance.json").exists():
@@ -343,8 +340,8 @@ def cmd_list(args: list[str]) -> int:
         width = max(len(row["name"]) for row in rows)
         print(f"{'NAME'.ljust(width)}  STATE    PORT   PIDS")
         for row in rows:
-            pids = " ".join(f"{k}={v}" for k, v in row["pids"].items()) or "-"
-            print(f"{row['name'].ljust(width)}  {row['state']:<8} {row['port']!s:<6} {pids}")
+            shown = " ".join(f"{k}={v}" for k, v in row["pids"].items()) or "-"
+            print(f"{row['name'].ljust(width)}  {row['state']:<8} {row['port']!s:<6} {shown}")
     return 0
 
 
@@ -495,7 +492,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail("interrupted", 130)
     except SystemExit as exc:  # argparse's --help
         return int(exc.code or 0) if isinstance(exc.code, int | None) else 1
-    except Exception as exc:  # noqa: BLE001 (the promise: one line, never a traceback)
+    except Exception as exc:
         from django.core.management.base import CommandError
 
         from tenants.exceptions import DomainError

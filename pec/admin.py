@@ -11,6 +11,8 @@ from pec.models import PecReceiptRecord
 class PecReceiptAdmin(admin.ModelAdmin):
     list_display = ("receipt_type", "event_type", "tenant", "message", "recipient", "pec_ts", "received_at")
     list_filter = ("event_type", "tenant")
+    list_select_related = ("tenant", "message")  # the message may be gone: a nullable key
+    show_full_result_count = False
     search_fields = ("recipient", "identificativo")
     readonly_fields = ("tenant", "message", "account", "receipt_type", "event_type", "recipient", "pec_ts", "error",
                        "identificativo", "dedupe_key", "received_at", "raw_text")

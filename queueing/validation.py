@@ -50,6 +50,7 @@ HEADER_NAME = re.compile(r"^[!-9;-~]{1,76}$")  # RFC 5322 field-name: printable 
 MIME_TYPE = re.compile(r"^[\w.+-]+/[\w.+-]+$")
 MD5_HEX = re.compile(r"^[0-9a-fA-F]{32}$")
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+NAMED_ADDRESS = re.compile(r'^(?P<name>[^"<>]*?[^\s"<>])\s*<(?P<address>[^<>]+)>$')
 
 
 class Invalid(ValueError):
@@ -135,7 +136,17 @@ def _address(token: str) -> str | None:
     try:
         result = validate_email(token, check_deliverability=False, allow_smtputf8=True, allow_display_name=True)
     except EmailNotValidError:
-        return None
+        # `Jürgen <j@example.com>`: RFC 5322 wants a non-ASCII or punctuated name quoted,
+        # people and mail programs do not; quoting it for them loses nothing.
+        named = NAMED_ADDRESS.match(token)
+        if named is None:
+            return None
+        quoted = '"' + named["name"].replace("\\", "\\\\").replace('"', '\\"') + '"'
+        try:
+            result = validate_email(f"{quoted} <{named['address']}>", check_deliverability=False,
+                                    allow_smtputf8=True, allow_display_name=True)
+        except EmailNotValidError:
+            return None
     if result.display_name:
         return str(Address(display_name=result.display_name, addr_spec=result.normalized))
     return result.normalized

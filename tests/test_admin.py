@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+from typing import Any
+
 import pytest
 from django.contrib import admin
 from django.contrib.auth.models import User
+from django.db import connection
 from django.test import Client
 from django.urls import reverse
 
@@ -16,6 +20,7 @@ from tenants import crypto
 from tenants.models import ApiKey, SmtpAccount, Tenant
 from tenants.services import create_api_key
 from tests.conftest import message
+from tests.smtp_sink import SmtpSink
 
 pytestmark = pytest.mark.django_db
 
@@ -101,3 +106,63 @@ def test_rotating_a_key_shows_the_new_one_once(staff: Client, data: Message) -> 
     assert key.revoked_at is not None
     new = ApiKey.objects.exclude(pk=key.pk).get()
     assert f"mpk_{new.prefix}_" in response.content.decode()
+
+
+def test_send_test_message_reports_the_servers_answer(staff: Client, tenant: Tenant, smtp_server: SmtpSink) -> None:
+    account = SmtpAccount.objects.create(tenant=tenant, external_id="probe", host=smtp_server.host,
+                                         port=smtp_server.port, security="none", timeout=5)
+    url = reverse("admin:tenants_smtpaccount_changelist")
+    User.objects.filter(username="root").update(email="")
+    refused = staff.post(url, {"action": "send_test_message", "_selected_action": [account.pk]}, follow=True)
+    assert "no email address" in refused.content.decode()
+    assert smtp_server.messages == []
+    User.objects.filter(username="root").update(email="root@example.com")
+    sent = staff.post(url, {"action": "send_test_message", "_selected_action": [account.pk]}, follow=True)
+    assert "test message to root@example.com: ok at data: 250" in sent.content.decode()
+    (received,) = smtp_server.messages
+    assert received.rcpt_tos == ("root@example.com",)
+    assert "probe" in (received.subject or "")
+    smtp_server.on_rcpt("root@example.com", 550, "5.7.1 relaying denied")
+    failed = staff.post(url, {"action": "send_test_message", "_selected_action": [account.pk]}, follow=True)
+    assert "failed at rcpt: 550 5.7.1 relaying denied" in failed.content.decode()
+    smtp_server.stop()
+    down = staff.post(url, {"action": "test_connection", "_selected_action": [account.pk]}, follow=True)
+    assert "failed at connect" in down.content.decode()
+
+
+def test_a_message_given_as_eml_shows_its_size_not_its_bytes(staff: Client, tenant: Tenant,
+                                                           account: SmtpAccount) -> None:
+    raw = b"From: a@example.com\r\nTo: b@example.com\r\nSubject: s\r\n\r\n" + b"x" * 3000
+    enqueue_messages(scope=tenant, payloads=[{"id": "whole", "eml": base64.b64encode(raw).decode()}])
+    stored = Message.objects.get(external_id="whole")
+    page = staff.get(reverse("admin:queueing_message_change", args=[stored.pk])).content.decode()
+    assert f"given whole: {len(raw):,} bytes" in page
+    assert stored.raw_eml[:40] not in page
+
+
+@pytest.mark.postgres
+def test_the_message_changelist_of_100000_rows_takes_a_bounded_number_of_queries(
+    staff: Client, tenant: Tenant, account: SmtpAccount, django_assert_max_num_queries: Any
+) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """INSERT INTO queueing_message (tenant_id, account_id, external_id, status, priority, batch_code,
+                   from_addr, "to", cc, bcc, reply_to, return_path, subject, body, content_type, body_text,
+                   body_html, headers, attachments, raw_eml, message_id, created_at, updated_at, next_attempt_at,
+                   attempts, last_error, refused, possible_duplicate, deferred_reason)
+               SELECT %s, %s, 'bulk-' || n, CASE WHEN n %% 10 = 0 THEN 'queued' ELSE 'sent' END, n %% 4,
+                   'batch-' || (n %% 7), 'a@example.com', '["b@example.com"]', '[]', '[]', '', '',
+                   'subject ' || n, 'body', 'plain', '', '', '{}', '[]', '', '<' || n || '@example.com>',
+                   now(), now(), now(), 1, '', '[]', false, ''
+               FROM generate_series(1, 100000) AS n""",
+            [tenant.pk, account.pk],
+        )
+        cursor.execute("ANALYZE queueing_message")
+    url = reverse("admin:queueing_message_changelist")
+    for query in ("", "?status__exact=sent", "?batch_code=batch-3", "?q=bulk-99999", "?tenant__id__exact=acme"):
+        with django_assert_max_num_queries(15):
+            page = staff.get(url + query)
+        assert page.status_code == 200, query
+    listing = staff.get(url).content.decode()
+    assert "bulk-100000" in listing  # newest first, the first page renders real rows
+    assert "batch-3" in listing  # the batch filter offers the batches of recent messages

@@ -31,9 +31,10 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         rewritten = 0
         for model, fields in SEALED_FIELDS.items():
-            for pk in model.objects.values_list("pk", flat=True).order_by("pk").iterator():
+            rows = model._default_manager
+            for pk in rows.values_list("pk", flat=True).order_by("pk").iterator():
                 with transaction.atomic():
-                    row = model.objects.select_for_update().filter(pk=pk).first()
+                    row = rows.select_for_update().filter(pk=pk).first()
                     if row is None:
                         continue
                     stale = [name for name in fields if crypto.needs_reencryption(getattr(row, name))]
