@@ -162,8 +162,9 @@ def _is_ours(pid: int, folder: Path) -> bool:
 # --- Django, in this process ----------------------------------------------------------------
 
 def _django(instance: Instance) -> None:
+    environment = instance.environment()
     os.environ.clear()
-    os.environ.update(instance.environment())
+    os.environ.update(environment)
     if str(BASE_DIR) not in sys.path:
         sys.path.insert(0, str(BASE_DIR))
     # This process answers one command: its own log lines would only clutter the answer.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import socket
 import stat
 import subprocess
@@ -292,6 +293,25 @@ def test_password_from_stdin_is_stored_sealed_and_never_shown(cli: Cli, demo: di
     database = (cli.home / "demo" / "mail_service.db").read_bytes()
     assert canary.encode() not in database
     cli.ok("demo", "acme", "accounts", "delete", "relay", "--yes")
+
+
+def test_admin_user_logs_in_to_the_instances_admin_console(cli: Cli, demo: dict[str, str]) -> None:
+    cli.env["DJANGO_SUPERUSER_PASSWORD"] = "a-long-admin-password-1"
+    try:
+        cli.ok("demo", "admin-user", "--noinput", "--username", "boss", "--email", "boss@example.com")
+    finally:
+        del cli.env["DJANGO_SUPERUSER_PASSWORD"]
+    session = requests.Session()
+    login = session.get(f"{demo['url']}/admin/login/", timeout=10)
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', login.text)
+    assert token is not None
+    answer = session.post(f"{demo['url']}/admin/login/?next=/admin/", timeout=10, data={
+        "csrfmiddlewaretoken": token.group(1), "username": "boss", "password": "a-long-admin-password-1",
+    }, headers={"Referer": f"{demo['url']}/admin/login/"})
+    assert answer.status_code == 200
+    assert "Site administration" in answer.text
+    tenants = session.get(f"{demo['url']}/admin/tenants/tenant/", timeout=10)
+    assert "Acme Corp" in tenants.text
 
 
 def test_stop_ends_the_processes_and_a_stopped_instance_refuses_run_now(cli: Cli, demo: dict[str, str]) -> None:

@@ -30,7 +30,20 @@ class Command(BaseCommand):
         parser.add_argument("--no-worker", action="store_true", help="serve the API only")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        # The handlers first: as PID 1 in a container, a signal without one is ignored,
+        # and a stop during the migrations would wait for SIGKILL.
+        stopping = False
+
+        def stop(signum: int, frame: object) -> None:
+            nonlocal stopping
+            stopping = True
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        settings.DATA_DIR.mkdir(parents=True, exist_ok=True)  # beat's schedule lives there
         call_command("migrate", interactive=False, verbosity=0)
+        if stopping:
+            return
         call_command("welcome", host=options["host"], port=options["port"], stdout=self.stdout)
         self.stdout.flush()  # before the children write to the same output
         python = sys.executable
@@ -47,14 +60,6 @@ class Command(BaseCommand):
         ], start_new_session=True))
         # The children have sessions of their own: a Ctrl-C or SIGTERM reaches this process
         # only, which then stops each of them the way it expects (Celery: warm shutdown).
-        stopping = False
-
-        def stop(signum: int, frame: object) -> None:
-            nonlocal stopping
-            stopping = True
-
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
         # One process ending ends the instance: a half-running instance would take mail
         # and never send it, or send and never answer.
         while not stopping and all(process.poll() is None for process in processes):
@@ -62,9 +67,12 @@ class Command(BaseCommand):
         for process in processes:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
+        # Long enough for a worker to finish its batch and the SMTP transaction in progress.
+        grace = settings.GMP_BATCH_SECONDS + 2 * 60 + 10
+        deadline = time.monotonic() + grace
         for process in processes:
             try:
-                process.wait(timeout=60)
+                process.wait(timeout=max(1.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 process.kill()
         failed = [process.returncode for process in processes if process.returncode not in (0, -signal.SIGTERM)]

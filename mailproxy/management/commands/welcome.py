@@ -17,12 +17,13 @@ class Command(BaseCommand):
         parser.add_argument("--port", type=int, default=8000)
 
     def handle(self, *args: Any, **options: Any) -> None:
-        url = f"http://{options['host']}:{options['port']}"
-        token = settings.GMP_API_TOKEN
-        kept = settings.DATA_DIR / "api_token"
-        source = "from GMP_API_TOKEN" if os.environ.get("GMP_API_TOKEN") else f"kept in {kept}"
+        host = "localhost" if options["host"] in ("0.0.0.0", "::", "") else options["host"]  # noqa: S104
+        url = f"http://{host}:{options['port']}"
         self.stdout.write(f"mail-proxy is starting at {url}  (API docs: {url}/docs)")
-        self.stdout.write(f"admin token ({source}): {token}")
-        self.stdout.write(
-            f"try: curl -H 'X-API-Token: {token}' {url}/tenants"
-        )
+        if os.environ.get("GMP_API_TOKEN") or os.environ.get("GMP_API_TOKEN_FILE"):
+            # The operator chose it and has it; a log is no place for a secret of production.
+            self.stdout.write("admin token: the one in GMP_API_TOKEN")
+            return
+        kept = settings.DATA_DIR / "api_token"
+        self.stdout.write(f"admin token (generated, kept in {kept}): {settings.GMP_API_TOKEN}")
+        self.stdout.write(f"try: curl -H \"X-API-Token: $(cat {kept})\" {url}/tenants")
