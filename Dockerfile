@@ -26,23 +26,21 @@ COPY requirements/base.txt requirements/base.txt
 RUN pip install -r requirements/base.txt
 
 COPY . .
-# kombu's filesystem transport (the embedded broker) keeps its exchange tables in
-# ./control, relative to the working directory, whatever the data folder: give the
-# unprivileged user that one folder of the read-only code tree.
+# The admin's and Swagger UI's assets into GMP_STATIC_ROOT, part of the read-only image
+# (not of the /data volume, which would keep an old version's files across upgrades);
+# the web process serves them. The secrets are build-only dummies, passed so that
+# settings do not generate real ones; what settings create in /data is removed again.
+ENV GMP_STATIC_ROOT=/app/static
 RUN python -m compileall -q /app \
- && install -d -o mailproxy -g mailproxy -m 0750 /app/control
+ && DJANGO_SECRET_KEY=collectstatic-at-build-time-only-never-used-to-sign-anything \
+    MAIL_PROXY_ENCRYPTION_KEY=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA= \
+    GMP_API_TOKEN=collectstatic-at-build-time-only-never-accepted \
+    GMP_DATA_DIR=/tmp/build-data \
+    python manage.py collectstatic --noinput --skip-checks -v 0 \
+ && rm -rf /tmp/build-data
 
 USER mailproxy
 ENV GMP_DATA_DIR=/data
-
-# The admin's and Swagger UI's assets into STATIC_ROOT (/data/static). The secrets are
-# build-only dummies, passed so that settings do not generate real ones into the image;
-# the broker folders settings create for the embedded transport are removed again.
-RUN DJANGO_SECRET_KEY=collectstatic-at-build-time-only-never-used-to-sign-anything \
-    MAIL_PROXY_ENCRYPTION_KEY=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA= \
-    GMP_API_TOKEN=collectstatic-at-build-time-only-never-accepted \
-    python manage.py collectstatic --noinput --skip-checks -v 0 \
- && rm -rf /data/broker /data/mail_service.db
 
 EXPOSE 8000
 VOLUME /data

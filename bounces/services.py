@@ -15,9 +15,10 @@ from bounces.dsn import DsnReport, parse_dsn
 from bounces.imap import MailboxSettings
 from bounces.models import Bounce, BounceKind
 from bounces.polling import poll_mailbox
+from mailproxy import metrics
 from queueing.models import EventType, Message, MessageEvent, Suppression, SuppressionSource
 from tenants import crypto
-from tenants.models import Tenant
+from tenants.models import SmtpAccount, Tenant
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,8 @@ def record_bounce(raw: bytes, *, tenant: Tenant | None = None) -> int:
         return 0
     now = timezone.now()
     recorded = 0
+    account_id = (SmtpAccount.objects.filter(pk=message.account_id).values_list("external_id", flat=True).first()
+                  if message.account_id else None)
     for rcpt in report.recipients:
         if rcpt.kind is None:
             continue
@@ -80,6 +83,7 @@ def record_bounce(raw: bytes, *, tenant: Tenant | None = None) -> int:
         except IntegrityError:
             continue  # already recorded (a rescan, or another poller got there first)
         recorded += 1
+        metrics.inc("bounces", tenant_id=message.tenant_id, account_id=account_id or "", type=rcpt.kind)
         logger.info("bounce %s message=%s tenant=%s recipient=%s status=%s", rcpt.kind, message.pk,
                     message.tenant_id, rcpt.recipient, rcpt.status)
     return recorded

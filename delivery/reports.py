@@ -25,7 +25,7 @@ from django.db import transaction
 from django.db.models import Count, Exists, F, OuterRef, Q
 from django.utils import timezone
 
-from mailproxy import safehttp
+from mailproxy import metrics, safehttp
 from queueing.models import Message, MessageEvent
 from tenants import crypto
 from tenants.models import AuthMethod, Tenant
@@ -148,6 +148,7 @@ def _fail(tenant: Tenant, error: str) -> None:
         sync_retry_at=now + timedelta(seconds=step), sync_backoff_seconds=step, sync_failing_since=since,
         sync_last_error=error[:1000], sync_last_call_at=now,
     )
+    metrics.inc("report_failures", tenant_id=tenant.pk)
     if now - since >= timedelta(seconds=settings.GMP_REPORT_GIVE_UP_SECONDS):
         given_up = MessageEvent.objects.filter(
             tenant=tenant, reported_at__isnull=True, undelivered_at__isnull=True,
@@ -174,6 +175,10 @@ def _acknowledge(tenant: Tenant, sent: list[tuple[MessageEvent, dict[str, Any]]]
             sync_failing_since=None, sync_last_error="", sync_dnd_until=answer.next_sync_after,
             sync_expect_more=answer.queued > 0,
         )
+    acknowledged = set(acked)
+    for event, _ in sent:
+        if event.pk in acknowledged:
+            metrics.observe("report_lag_seconds", (now - event.occurred_at).total_seconds())
     return len(acked)
 
 
@@ -183,6 +188,11 @@ def report_tenant(*, tenant_id: str, force: bool = False) -> int:
     Safe to run twice at once: the second run finds the sync lease taken and returns.
     `force` (tenant run-now) clears Do Not Disturb and the failure backoff.
     """
+    with metrics.batch():  # the run's lags and failures go to the shared store together
+        return _report_tenant(tenant_id, force)
+
+
+def _report_tenant(tenant_id: str, force: bool) -> int:
     # Longer than one call can take; renewed before each call of the run.
     lease = settings.GMP_REPORT_TIMEOUT * 2 + 10
     if not _claim(tenant_id, lease):

@@ -6,6 +6,7 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TypedDict
 
 from django.conf import settings
 from django.db.models import F
@@ -16,6 +17,7 @@ from delivery import reports, smtp
 from delivery.attachments import AttachmentError, fetch_attachments
 from delivery.largefiles import LargeFileError, apply_policy
 from delivery.mime import Envelope, build_envelope
+from mailproxy import metrics
 from queueing import dispatch, lifecycle
 from queueing.models import Message
 from queueing.ratelimit import Bucket, LimiterUnavailable, buckets_for, get_limiter
@@ -81,6 +83,28 @@ def send_due(*, account_pk: int) -> SendSummary:
     twice. What this run could not send for reasons of the account (server unreachable,
     credentials, rate limit, time budget) goes back to the queue without using attempts.
     """
+    with metrics.batch():  # the batch's counts go to the shared store together
+        return _send_due(account_pk)
+
+
+class _Series(TypedDict):
+    tenant_id: str
+    account_id: str
+
+
+def _series(account: SmtpAccount) -> _Series:
+    """The labels of the account's counters."""
+    return {"tenant_id": account.tenant_id, "account_id": account.external_id}
+
+
+def _count_failure(account: SmtpAccount, message: Message, *, permanent: bool) -> None:
+    """Count a recorded failed attempt: an error when it ended the message, else a deferral."""
+    # The rule of lifecycle.record_failure: a temporary failure past the last retry is final.
+    final = permanent or message.attempts + 1 > settings.GMP_MAX_RETRIES
+    metrics.inc("errors" if final else "deferred", **_series(account))
+
+
+def _send_due(account_pk: int) -> SendSummary:
     summary = SendSummary()
     account = SmtpAccount.objects.select_related("tenant").filter(pk=account_pk).first()
     if account is None:
@@ -126,7 +150,8 @@ def send_due(*, account_pk: int) -> SendSummary:
             try:
                 envelope = _prepare(account, message)
             except (AttachmentError, LargeFileError) as exc:
-                lifecycle.record_failure(claim=claim, message=message, permanent=exc.permanent, error=str(exc))
+                if lifecycle.record_failure(claim=claim, message=message, permanent=exc.permanent, error=str(exc)):
+                    _count_failure(account, message, permanent=exc.permanent)
                 if exc.permanent:
                     summary.failed += 1
                 else:
@@ -156,7 +181,7 @@ def send_due(*, account_pk: int) -> SendSummary:
             if outcome.broken:
                 smtp.pool.release(account, pooled, broken=True)
                 pooled = None
-            _record(claim, message, outcome, summary)
+            _record(account, claim, message, outcome, summary)
     finally:
         if pooled is not None:
             smtp.pool.release(account, pooled)
@@ -199,8 +224,10 @@ def _take_token(account: SmtpAccount, buckets: list[Bucket], message: Message, c
         return "stop"
     if decision.allowed:
         return "go"
+    metrics.inc("rate_limited", **_series(account))
     if account.limit_behavior == LimitBehavior.REJECT:
-        lifecycle.record_failure(claim=claim, message=message, permanent=True, error="rate limit exceeded")
+        if lifecycle.record_failure(claim=claim, message=message, permanent=True, error="rate limit exceeded"):
+            _count_failure(account, message, permanent=True)
         summary.failed += 1
         return "skip"
     retry_at = datetime.fromtimestamp(decision.retry_at or time.time() + 1, tz=UTC)
@@ -215,30 +242,41 @@ def _handle_unreachable(account: SmtpAccount, claim: lifecycle.Claim, waiting: l
     refreshed = SmtpAccount.objects.only("unreachable_since").get(pk=account.pk)
     since = refreshed.unreachable_since or timezone.now()
     failed = lifecycle.fail_unreachable_too_long(claim=claim, messages=waiting, since=since)
+    metrics.inc("errors", len(failed), **_series(account))
     summary.failed += len(failed)
     summary.released += lifecycle.release(claim=claim, message_ids=[m.pk for m in waiting if m.pk not in failed],
                                           next_attempt_at=until, reason="unreachable", error=error)
 
 
-def _record(claim: lifecycle.Claim, message: Message, outcome: smtp.Outcome, summary: SendSummary) -> None:
+def _record(account: SmtpAccount, claim: lifecycle.Claim, message: Message, outcome: smtp.Outcome,
+            summary: SendSummary) -> None:
+    # Counted only when the outcome was written (the lease still ours), after its commit.
     if outcome.kind == "sent":
-        lifecycle.record_sent(claim=claim, message=message, refused=outcome.refused, pending=outcome.pending,
-                              smtp_code=outcome.code or 250)
+        if lifecycle.record_sent(claim=claim, message=message, refused=outcome.refused, pending=outcome.pending,
+                                 smtp_code=outcome.code or 250):
+            if outcome.pending:  # some recipients wait for a retry: the message is deferred
+                _count_failure(account, message, permanent=False)
+            else:
+                metrics.inc("sent", **_series(account))
+                metrics.observe("queue_seconds", (timezone.now() - message.created_at).total_seconds())
         summary.sent += 1
     elif outcome.kind == "unknown":
         if message.possible_duplicate:
-            lifecycle.record_failure(claim=claim, message=message, permanent=True, possible_duplicate=True,
-                                     error=f"outcome unknown twice: {outcome.error}")
+            if lifecycle.record_failure(claim=claim, message=message, permanent=True, possible_duplicate=True,
+                                        error=f"outcome unknown twice: {outcome.error}"):
+                _count_failure(account, message, permanent=True)
             summary.failed += 1
         else:
             # Tried once more, flagged: a second copy is possible, a lost message is not.
-            lifecycle.record_failure(claim=claim, message=message, permanent=False, possible_duplicate=True,
-                                     error=outcome.error)
+            if lifecycle.record_failure(claim=claim, message=message, permanent=False, possible_duplicate=True,
+                                        error=outcome.error):
+                _count_failure(account, message, permanent=False)
             summary.deferred += 1
     else:
         permanent = outcome.kind == "permanent"
-        lifecycle.record_failure(claim=claim, message=message, permanent=permanent, error=outcome.error,
-                                 smtp_code=outcome.code, refused=[*message.refused, *outcome.refused])
+        if lifecycle.record_failure(claim=claim, message=message, permanent=permanent, error=outcome.error,
+                                    smtp_code=outcome.code, refused=[*message.refused, *outcome.refused]):
+            _count_failure(account, message, permanent=permanent)
         if permanent:
             summary.failed += 1
         else:

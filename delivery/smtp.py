@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from delivery.mime import Envelope
+from mailproxy import metrics
 from tenants import crypto
 from tenants.models import Security, SmtpAccount
 
@@ -120,6 +121,14 @@ def _dot_stuff(data: bytes) -> bytes:
 
 def transact(client: smtplib.SMTP, envelope: Envelope) -> Outcome:
     """MAIL, RCPT for each recipient, DATA; never raises for the server's answers."""
+    started = time.monotonic()
+    try:
+        return _transact(client, envelope)
+    finally:
+        metrics.observe("smtp_seconds", time.monotonic() - started)
+
+
+def _transact(client: smtplib.SMTP, envelope: Envelope) -> Outcome:
     after_dot = False
     try:
         options: list[str] = []

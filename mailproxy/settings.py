@@ -7,6 +7,7 @@ sets DATABASE_URL, REDIS_URL, GMP_API_TOKEN and MAIL_PROXY_ENCRYPTION_KEY.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 import dj_database_url
 
 from mailproxy.env import ConfigError, env_bool, env_float, env_int, env_int_list, env_list, env_secret, env_str
+from mailproxy.rates import parse_rate
 from tenants.crypto import generate_key
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -71,17 +73,23 @@ INSTALLED_APPS = [
     "bounces",
     "pec",
     "mailproxy",
+    "django_prometheus",
 ]
 
 MIDDLEWARE = [
+    # First and last: django-prometheus times the whole request, the other middlewares included.
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "mailproxy.middleware.RequestSizeLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # The admin's and the API docs' static files, served by every web process: nothing else to run.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 
 ROOT_URLCONF = "mailproxy.urls"
@@ -128,6 +136,10 @@ else:
         )
     }
 
+# django-prometheus's wrappers of the same backends count queries, errors and connections.
+DATABASES["default"]["ENGINE"] = DATABASES["default"]["ENGINE"].replace("django.db.backends.",
+                                                                        "django_prometheus.db.backends.")
+
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -141,7 +153,12 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = DATA_DIR / "static"
+# Outside the data folder: a volume kept across upgrades must not serve old assets.
+STATIC_ROOT = Path(env_str("GMP_STATIC_ROOT", str(BASE_DIR / "var" / "static"))).expanduser()
+# Straight from the installed apps when not collected (`make run`, instance folders).
+WHITENOISE_USE_FINDERS = True
+with contextlib.suppress(OSError):  # a read-only tree: then it was collected at build time
+    STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 
 # Requests: Django refuses bodies above this too; the middleware answers 413 up front.
 GMP_MAX_REQUEST_MB = env_int("GMP_MAX_REQUEST_MB", 50, minimum=1)
@@ -150,6 +167,11 @@ GMP_MAX_BATCH = env_int("GMP_MAX_BATCH", 1000, minimum=1)
 GMP_REPORT_RETENTION_SECONDS = env_int("GMP_REPORT_RETENTION_SECONDS", 7 * 24 * 3600, minimum=0)
 GMP_MESSAGE_ID_DOMAIN = env_str("GMP_MESSAGE_ID_DOMAIN", "")
 GMP_API_KEY_TOUCH_SECONDS = env_int("GMP_API_KEY_TOUCH_SECONDS", 60, minimum=0)
+# /metrics without a token (for a scraper on a private network); otherwise the admin token.
+GMP_METRICS_PUBLIC = env_bool("GMP_METRICS_PUBLIC", False)
+# Requests per API token (429 with Retry-After above): "100/s", "6000/min", or "off".
+GMP_API_RATE = env_str("GMP_API_RATE", "100/s")
+parse_rate(GMP_API_RATE)  # a bad value stops the start-up, naming the variable
 
 # --- Delivery ---------------------------------------------------------------------------
 REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -221,12 +243,13 @@ else:
     CELERY_BROKER_URL = REDIS_URL
 if CELERY_BROKER_URL.startswith("filesystem"):
     _broker_dir = DATA_DIR / "broker"
-    for _folder in ("queue", "processed"):
+    for _folder in ("queue", "processed", "control"):
         (_broker_dir / _folder).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, Any] = {
         "data_folder_in": str(_broker_dir / "queue"),
         "data_folder_out": str(_broker_dir / "queue"),
         "processed_folder": str(_broker_dir / "processed"),
+        "control_folder": str(_broker_dir / "control"),  # kombu's default is the working directory
         "store_processed": False,
     }
 else:
@@ -251,6 +274,7 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["tenants.auth.ApiTokenAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["tenants.permissions.IsTenantOrAdmin"],
+    "DEFAULT_THROTTLE_CLASSES": ["tenants.throttling.TokenRateThrottle"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
@@ -270,11 +294,14 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
 }
 
+# GMP_LOG_JSON=true: one JSON object per line (ts, level, logger, message and the `extra` fields).
+GMP_LOG_JSON = env_bool("GMP_LOG_JSON", False)
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+                   "json": {"()": "mailproxy.logs.JsonFormatter"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "json" if GMP_LOG_JSON else "plain"}},
     "root": {"handlers": ["console"], "level": env_str("GMP_LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }

@@ -7,7 +7,7 @@ from drf_spectacular.views import SpectacularJSONAPIView, SpectacularSwaggerView
 from bounces import api as bounces_api
 from delivery import api as delivery_api
 from delivery import files as delivery_files
-from mailproxy.health import HealthView
+from mailproxy.health import HealthView, MetricsView, ReadyView
 from pec import api as pec_api
 from queueing import api as queueing_api
 from tenants import api as tenants_api
@@ -19,10 +19,13 @@ handler500 = "mailproxy.exceptions.json_server_error"
 
 # Endpoints open without a token; everything else needs X-API-Token (tests walk this list).
 # `stored-file` is a signed, expiring link: the token is the capability.
-PUBLIC_URL_NAMES = frozenset({"health", "openapi", "docs", "stored-file"})
+PUBLIC_URL_NAMES = frozenset({"health", "ready", "openapi", "docs", "stored-file"})
 
 urlpatterns = [
     path("health", HealthView.as_view(), name="health"),
+    path("ready", ReadyView.as_view(), name="ready"),
+    # Admin only, or public with GMP_METRICS_PUBLIC=true (the view decides, at each request).
+    path("metrics", MetricsView.as_view(), name="metrics"),
     path("openapi.json", SpectacularJSONAPIView.as_view(authentication_classes=[], permission_classes=[]),
          name="openapi"),
     path("docs", SpectacularSwaggerView.as_view(url_name="openapi", authentication_classes=[],

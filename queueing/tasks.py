@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
+from mailproxy import health
 from queueing import dispatch, services
 
 
@@ -15,3 +16,9 @@ def dispatch_sweep(tenant_id: str | None = None) -> None:
 def cleanup() -> None:
     """Apply the retention: remove final messages whose events were all acknowledged."""
     services.cleanup_messages(tenant=None)
+
+
+@shared_task(name="queueing.heartbeat", ignore_result=True)
+def heartbeat() -> None:
+    """Tell /ready that beat is alive (and that a worker takes its tasks)."""
+    health.record_beat()

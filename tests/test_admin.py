@@ -166,3 +166,10 @@ def test_the_message_changelist_of_100000_rows_takes_a_bounded_number_of_queries
     listing = staff.get(url).content.decode()
     assert "bulk-100000" in listing  # newest first, the first page renders real rows
     assert "batch-3" in listing  # the batch filter offers the batches of recent messages
+
+
+def test_the_admins_and_api_docs_static_files_are_served(client: Client) -> None:
+    for path in ("/static/admin/css/base.css", "/static/drf_spectacular_sidecar/swagger-ui-dist/swagger-ui.css"):
+        answer = client.get(path)
+        assert answer.status_code == 200, path
+        assert b"".join(answer.streaming_content if answer.streaming else [answer.content])  # type: ignore[attr-defined]

@@ -17,7 +17,8 @@ def test_schema_documents_every_endpoint(api_client: APIClient) -> None:
     for path in ("/commands/add-messages", "/messages", "/messages/{message_id}", "/commands/delete-messages",
                  "/commands/cleanup-messages", "/commands/suspend", "/commands/activate", "/account",
                  "/accounts", "/account/{account_id}", "/tenant", "/tenants", "/tenant/{tenant_id}",
-                 "/tenant/{tenant_id}/api-keys", "/tenant/{tenant_id}/api-keys/{prefix}", "/health"):
+                 "/tenant/{tenant_id}/api-keys", "/tenant/{tenant_id}/api-keys/{prefix}", "/health",
+                 "/ready", "/metrics"):
         assert path in paths, path
     add = paths["/commands/add-messages"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert add["$ref"].endswith("AddMessagesInRequest")
