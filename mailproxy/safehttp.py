@@ -15,6 +15,7 @@ callbacks and fetches.
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
@@ -172,7 +173,17 @@ def request(method: str, url: str, *, body: bytes | None = None, headers: dict[s
             finally:
                 raw.release_conn()
         except urllib3.exceptions.HTTPError as exc:
-            raise OutboundError(f"{type(exc).__name__}: {exc}") from None
+            # urllib3 names the request path and query; a query may carry a token (a tenant's
+            # sync URL with ?key=...), and this text goes to logs and to sync_last_error.
+            raise OutboundError(f"{type(exc).__name__}: {_without_queries(str(exc))}") from None
         finally:
             pool.close()
     raise OutboundError(f"more than {MAX_REDIRECTS} redirects")
+
+
+_QUERY = re.compile(r"\?[^\s'\")]*")
+
+
+def _without_queries(text: str) -> str:
+    """The text with every URL query replaced by '?…'."""
+    return _QUERY.sub("?…", text)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 
 import pytest
@@ -124,3 +125,15 @@ def test_a_name_resolving_to_loopback_is_refused(loopback: FileServer, monkeypat
     with override_settings(GMP_ALLOWED_HOSTS=[]), pytest.raises(safehttp.OutboundRefused, match=r"127\.0\.0\.1"):
         fetch(f"http://innocent.example.com:{loopback.port}/secret")
     assert loopback.requests == []
+
+
+def test_a_failure_names_no_query_string(db: None) -> None:
+    """A sync URL's query may hold a token: the error text (logged, stored) must not."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with override_settings(GMP_ALLOWED_HOSTS=["127.0.0.1"]), pytest.raises(safehttp.OutboundError) as refused:
+        safehttp.request("POST", f"http://127.0.0.1:{port}/sync?key=canary-token-77", body=b"{}", timeout=2,
+                         max_bytes=1000)
+    assert "canary-token-77" not in str(refused.value)
+    assert "?…" in str(refused.value) or "refused" in str(refused.value).lower()
