@@ -6,8 +6,17 @@ at start-up with the variable named instead of somewhere deep in a request.
 
 from __future__ import annotations
 
+import difflib
 import os
+from collections.abc import Mapping
 from pathlib import Path
+
+# Our own prefixes: a variable with one of them that nothing reads is most likely a typo.
+PREFIXES = ("GMP_", "MAIL_PROXY_")
+# Every variable a reader below was asked for, set or not: the names the product knows.
+READ: set[str] = set()
+# Read directly by the `mail-proxy` console script (mailproxy/cli.py), not by the settings.
+READ_BY_CLI = frozenset({"GMP_HOME", "MAIL_PROXY_TRACEBACK"})
 
 
 class ConfigError(ValueError):
@@ -15,6 +24,7 @@ class ConfigError(ValueError):
 
 
 def _raw(name: str) -> str | None:
+    READ.add(name)
     value = os.environ.get(name)
     if value is None or value.strip() == "":
         return None
@@ -84,6 +94,7 @@ def env_int_list(name: str, default: list[int]) -> list[int]:
 
 def env_secret(name: str, default: str = "") -> str:
     """Read NAME, or the content of the file named by NAME_FILE (Docker/Kubernetes secrets)."""
+    READ.add(f"{name}_FILE")  # known even when NAME is set and the file is never opened
     value = _raw(name)
     if value is not None:
         return value
@@ -94,3 +105,29 @@ def env_secret(name: str, default: str = "") -> str:
         return Path(path).read_text(encoding="utf-8").strip()
     except OSError as exc:
         raise ConfigError(f"{name}_FILE points to {path!r}, which cannot be read: {exc.strerror}") from None
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None) -> dict[str, str | None]:
+    """Our prefixed variables in the environment that nothing reads, each with a likely intended name.
+
+    Only names are looked at, never values (they may be secrets). Empty until the settings
+    were loaded through these readers: before that every name would look unknown.
+    """
+    if not READ:
+        return {}
+    environ = os.environ if environ is None else environ
+    known = READ | READ_BY_CLI
+    candidates = sorted(name for name in known if name.startswith(PREFIXES))
+    unknown: dict[str, str | None] = {}
+    for name in sorted(environ):
+        if not name.startswith(PREFIXES) or name in known:
+            continue
+        close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.8)
+        unknown[name] = close[0] if close else None
+    return unknown
+
+
+def describe_unknown(unknown: Mapping[str, str | None]) -> str:
+    """One line naming the unknown variables and the suggestions, e.g. for a start-up warning."""
+    parts = [f"{name} (did you mean {guess}?)" if guess else name for name, guess in unknown.items()]
+    return "environment variables not read by mail-proxy, so without effect: " + ", ".join(parts)

@@ -26,6 +26,8 @@ DEBUG = env_bool("DEBUG", False)
 DATA_DIR = Path(env_str("GMP_DATA_DIR", str(BASE_DIR / "var"))).expanduser()
 DB_PATH = Path(env_str("GMP_DB_PATH", str(DATA_DIR / "mail_service.db"))).expanduser()
 DATABASE_URL = env_str("DATABASE_URL", "")
+# Set at all, REDIS_URL moves the embedded instance's broker and limiter to Redis.
+REDIS_CONFIGURED = env_str("REDIS_URL", "") != ""
 # Embedded: the single-process default on SQLite, which may generate its own secrets.
 EMBEDDED = DATABASE_URL == "" or DATABASE_URL.startswith("sqlite")
 
@@ -111,6 +113,8 @@ TEMPLATES = [
     },
 ]
 
+# Read whichever database: documented once, it must not warn as unknown on SQLite.
+GMP_DB_CONN_MAX_AGE = env_int("GMP_DB_CONN_MAX_AGE", 60, minimum=0)
 DATABASES: dict[str, Any]
 if EMBEDDED:
     DATABASES = {
@@ -131,7 +135,7 @@ else:
     DATABASES = {
         "default": dj_database_url.parse(
             DATABASE_URL,
-            conn_max_age=env_int("GMP_DB_CONN_MAX_AGE", 60, minimum=0),
+            conn_max_age=GMP_DB_CONN_MAX_AGE,
             conn_health_checks=True,
         )
     }
@@ -176,7 +180,7 @@ parse_rate(GMP_API_RATE)  # a bad value stops the start-up, naming the variable
 # --- Delivery ---------------------------------------------------------------------------
 REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
 # Token buckets: Redis across a fleet, SQL for the embedded instance.
-GMP_RATE_LIMITER = env_str("GMP_RATE_LIMITER", "sql" if EMBEDDED and not os.environ.get("REDIS_URL") else "redis")
+GMP_RATE_LIMITER = env_str("GMP_RATE_LIMITER", "sql" if EMBEDDED and not REDIS_CONFIGURED else "redis")
 if GMP_RATE_LIMITER not in ("redis", "sql"):
     raise ConfigError(f"GMP_RATE_LIMITER must be 'redis' or 'sql', got {GMP_RATE_LIMITER!r}")
 GMP_SEND_INTERVAL_SECONDS = env_float("GMP_SEND_INTERVAL_SECONDS", 1.0, minimum=0.1)
@@ -217,6 +221,8 @@ GMP_BOUNCE_IMAP_USER = env_str("GMP_BOUNCE_IMAP_USER", "")
 GMP_BOUNCE_IMAP_PASSWORD = env_secret("GMP_BOUNCE_IMAP_PASSWORD")
 GMP_BOUNCE_IMAP_FOLDER = env_str("GMP_BOUNCE_IMAP_FOLDER", "INBOX")
 GMP_BOUNCE_IMAP_SECURITY = env_str("GMP_BOUNCE_IMAP_SECURITY", "ssl")
+if GMP_BOUNCE_IMAP_SECURITY not in ("ssl", "starttls", "none"):
+    raise ConfigError(f"GMP_BOUNCE_IMAP_SECURITY must be ssl, starttls or none, got {GMP_BOUNCE_IMAP_SECURITY!r}")
 GMP_BOUNCE_PROCESSED_FOLDER = env_str("GMP_BOUNCE_PROCESSED_FOLDER", "")
 GMP_BOUNCE_POLL_INTERVAL = env_int("GMP_BOUNCE_POLL_INTERVAL", 60, minimum=1)
 # PEC: no acceptance within this long → pec_timeout; no delivery receipt → pec_timeout per recipient.
@@ -236,7 +242,7 @@ GMP_CACHE_TTL = env_int("GMP_CACHE_TTL", 3600, minimum=0)
 _explicit_broker = env_str("CELERY_BROKER_URL", "")
 if _explicit_broker:
     CELERY_BROKER_URL = _explicit_broker
-elif EMBEDDED and not os.environ.get("REDIS_URL"):
+elif EMBEDDED and not REDIS_CONFIGURED:
     # The embedded instance needs no server: kombu's filesystem transport in the data folder.
     CELERY_BROKER_URL = "filesystem://"
 else:
@@ -296,12 +302,15 @@ SPECTACULAR_SETTINGS = {
 
 # GMP_LOG_JSON=true: one JSON object per line (ts, level, logger, message and the `extra` fields).
 GMP_LOG_JSON = env_bool("GMP_LOG_JSON", False)
+GMP_LOG_LEVEL = env_str("GMP_LOG_LEVEL", "INFO").upper()
+if GMP_LOG_LEVEL not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+    raise ConfigError(f"GMP_LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {GMP_LOG_LEVEL!r}")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
                    "json": {"()": "mailproxy.logs.JsonFormatter"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "json" if GMP_LOG_JSON else "plain"}},
-    "root": {"handlers": ["console"], "level": env_str("GMP_LOG_LEVEL", "INFO")},
+    "root": {"handlers": ["console"], "level": GMP_LOG_LEVEL},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
