@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.core.exceptions import SuspiciousFileOperation
 from django.http import FileResponse, HttpRequest, JsonResponse
 from django.http.response import HttpResponseBase
 from django.utils import timezone
@@ -24,7 +25,7 @@ def download(request: HttpRequest, token: str) -> HttpResponseBase:
         return _not_found()
     try:
         handle = largefiles.store_for(stored.storage_url).open(key=stored.key)
-    except OSError:
+    except (OSError, SuspiciousFileOperation):  # gone, or a key that would leave its store
         return _not_found()
     response = FileResponse(handle, as_attachment=True, filename=stored.filename)
     # The file is the sender's content on the proxy's origin: never let a browser run it.

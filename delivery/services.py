@@ -157,6 +157,16 @@ def _send_due(account_pk: int) -> SendSummary:
                 else:
                     summary.deferred += 1
                 continue
+            except (ValueError, TypeError, LookupError) as exc:
+                # A message the email package cannot render fails alone: left unhandled it would
+                # end the batch with every message still claimed, and do it again at each reclaim.
+                logger.error("message cannot be built message=%s tenant=%s: %s", message.pk, message.tenant_id,
+                             type(exc).__name__)
+                error = f"the message cannot be built: {type(exc).__name__}: {exc}"[:500]
+                if lifecycle.record_failure(claim=claim, message=message, permanent=True, error=error):
+                    _count_failure(account, message, permanent=True)
+                summary.failed += 1
+                continue
             if pooled is None:
                 try:
                     pooled = smtp.pool.acquire(account)

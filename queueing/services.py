@@ -26,7 +26,7 @@ from queueing.models import (
     Status,
     Suppression,
 )
-from queueing.validation import Invalid, MessageIn, client_id_of, parse_message
+from queueing.validation import CONTROL, Invalid, MessageIn, client_id_of, eml_headers, parse_message
 from tenants.auth import DEFAULT_TENANT_ID
 from tenants.exceptions import ConflictError
 from tenants.models import SmtpAccount, SuspendedBatch, Tenant
@@ -149,11 +149,12 @@ def _raw_recipients(raw: Any) -> list[str]:
     if not isinstance(raw, dict):
         return []
     found: list[str] = []
+    given = eml_headers(raw["eml"]) if isinstance(raw.get("eml"), str) else {}
     for name in ("to", "cc", "bcc"):
-        value = raw.get(name)
+        value = raw.get(name) or given.get(name)
         items = [value] if isinstance(value, str) else value if isinstance(value, list) else []
         found.extend(address.lower() for _, address in getaddresses([i for i in items if isinstance(i, str)])
-                     if address)
+                     if address and not CONTROL.search(address))  # the database may refuse those (NUL)
     return found
 
 

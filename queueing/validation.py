@@ -50,6 +50,10 @@ HEADER_NAME = re.compile(r"^[!-9;-~]{1,76}$")  # RFC 5322 field-name: printable 
 MIME_TYPE = re.compile(r"^[\w.+-]+/[\w.+-]+$")
 MD5_HEX = re.compile(r"^[0-9a-fA-F]{32}$")
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Every character the email package (str.splitlines) takes for a line end, CR and LF among them.
+LINE_BREAK = re.compile("[\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
+UNENCODABLE = re.compile("[\ud800-\udfff]")  # lone surrogates: no database or encoder takes them
+MAX_SUBJECT_LENGTH = 10000  # folding a longer one costs the worker seconds
 NAMED_ADDRESS = re.compile(r'^(?P<name>[^"<>]*?[^\s"<>])\s*<(?P<address>[^<>]+)>$')
 
 
@@ -107,7 +111,8 @@ def client_id_of(raw: Any) -> str | None:
     value = raw.get("id")
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
-    if isinstance(value, str) and 0 < len(value) <= MAX_ID_LENGTH and not CONTROL.search(value):
+    if isinstance(value, str) and 0 < len(value) <= MAX_ID_LENGTH and not CONTROL.search(value) \
+            and not UNENCODABLE.search(value):
         return value
     return None
 
@@ -121,10 +126,12 @@ def _text(raw: dict[str, Any], name: str, *, required: bool = False, single_line
         return ""
     if not isinstance(value, str):
         raise Invalid(name, "must be a string")
-    if single_line and ("\r" in value or "\n" in value):
-        raise Invalid(name, "must not contain CR or LF")
+    if single_line and LINE_BREAK.search(value):
+        raise Invalid(name, "must not contain CR, LF or another line break")
     if "\x00" in value:
         raise Invalid(name, "must not contain NUL")
+    if UNENCODABLE.search(value):
+        raise Invalid(name, "must not contain a lone surrogate (not valid Unicode text)")
     if max_length is not None and len(value) > max_length:
         raise Invalid(name, f"is longer than {max_length} characters")
     return value
@@ -176,6 +183,11 @@ def _split_addresses(text: str) -> list[str]:
         current.append(char)
     tokens.append("".join(current))
     return [token.strip() for token in tokens if token.strip()]
+
+
+def clean_text(value: str) -> bool:
+    """Text any database and encoder takes: no NUL, no other control character, no lone surrogate."""
+    return not CONTROL.search(value) and not UNENCODABLE.search(value)
 
 
 def one_address(name: str, token: str) -> str:
@@ -235,8 +247,8 @@ def _headers(raw: dict[str, Any]) -> dict[str, str]:
             raise Invalid(f"headers.{name}", "is set by the proxy and cannot be given")
         if not isinstance(text, str):
             raise Invalid(f"headers.{name}", "must be a string")
-        if "\r" in text or "\n" in text or "\x00" in text:
-            raise Invalid(f"headers.{name}", "must not contain CR, LF or NUL")
+        if LINE_BREAK.search(text) or "\x00" in text or UNENCODABLE.search(text):
+            raise Invalid(f"headers.{name}", "must not contain CR, LF, another line break, NUL or a lone surrogate")
         headers[name] = text
     return headers
 
@@ -275,6 +287,10 @@ def _attachments(raw: dict[str, Any]) -> list[dict[str, Any]]:
         path = item.get("storage_path")
         if not isinstance(path, str) or not path:
             raise Invalid(f"{name}.storage_path", "is required")
+        if "\x00" in path or UNENCODABLE.search(path):
+            raise Invalid(f"{name}.storage_path", "must not contain NUL or a lone surrogate")
+        if UNENCODABLE.search(filename):
+            raise Invalid(f"{name}.filename", "must not contain a lone surrogate")
         mode = item.get("fetch_mode")
         if mode is not None and mode not in FETCH_MODES:
             raise Invalid(f"{name}.fetch_mode", f"{mode!r} is not one of {', '.join(FETCH_MODES)}")
@@ -287,6 +303,9 @@ def _attachments(raw: dict[str, Any]) -> list[dict[str, Any]]:
         auth = item.get("auth")
         if auth is not None and not isinstance(auth, dict):
             raise Invalid(f"{name}.auth", "must be an object")
+        if auth is not None and not all(isinstance(k, str) and isinstance(v, str) and clean_text(k) and clean_text(v)
+                                        for k, v in auth.items()):
+            raise Invalid(f"{name}.auth", "must hold text values without NUL or control characters")
         problem = _source_problem(mode or infer_fetch_mode(path), path)
         if problem:
             raise Invalid(f"{name}.storage_path", problem)
@@ -320,9 +339,11 @@ def _source_problem(mode: str, path: str) -> str | None:
     """What can be refused before the worker tries: bad base64, a path outside, a forbidden address."""
     if mode == "base64":
         try:
-            base64.b64decode(path.removeprefix("base64:"), validate=True)
+            content = base64.b64decode(path.removeprefix("base64:"), validate=True)
         except (binascii.Error, ValueError):
             return "is not valid base64"
+        if len(content) > settings.GMP_MAX_ATTACHMENT_MB * 1024 * 1024:
+            return f"is {len(content)} bytes, over the {settings.GMP_MAX_ATTACHMENT_MB} MB attachment limit"
     elif mode == "filesystem":
         if inside_base_dirs(path) is None:
             return f"{path!r} is not inside the folders attachments may be read from (GMP_ATTACHMENT_BASE_DIRS)"
@@ -332,6 +353,15 @@ def _source_problem(mode: str, path: str) -> str | None:
         except safehttp.OutboundRefused as exc:
             return str(exc)
     return None
+
+
+def eml_headers(value: str) -> dict[str, str]:
+    """To, Cc and Bcc of a base64 eml, best effort (for the suppression lookup before validation)."""
+    try:
+        headers = BytesHeaderParser(policy=email.policy.default).parsebytes(base64.b64decode(value, validate=True))
+        return {name.lower(): " ".join(str(headers[name]).split()) for name in ("To", "Cc", "Bcc") if headers[name]}
+    except (binascii.Error, ValueError, IndexError, TypeError):
+        return {}
 
 
 def _eml(raw: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -432,7 +462,7 @@ def parse_message(raw: Any, *, now: datetime) -> MessageIn:
         bcc=bcc,
         reply_to=optional_address("reply_to"),
         return_path=optional_address("return_path"),
-        subject=_text(raw, "subject", required=True, single_line=True),
+        subject=_text(raw, "subject", required=True, single_line=True, max_length=MAX_SUBJECT_LENGTH),
         body=body,
         content_type=content_type,
         body_text=body_text,

@@ -6,6 +6,7 @@ secret: where one is set they say so (`configured`, `password_set`).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -15,6 +16,7 @@ from mailproxy import safehttp
 from tenants.large_files import validate_large_file_config
 from tenants.models import ApiKey, AuthMethod, LimitBehavior, Security, SmtpAccount, Tenant
 
+UNSTORABLE = re.compile("[\ud800-\udfff]")
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,99}$"
 ID_HELP = "letters, digits and . _ @ -, starting with a letter or digit"
 
@@ -60,6 +62,26 @@ class ClientAuthSerializer(serializers.Serializer):
         return attrs
 
 
+MAX_INT = 2_147_483_647  # the database's integer columns
+
+
+def _unstorable(value: Any) -> str | None:
+    """Where a JSON value holds text no database takes (NUL, a lone surrogate), if anywhere."""
+    if isinstance(value, str):
+        return "NUL" if "\x00" in value else ("a lone surrogate" if UNSTORABLE.search(value) else None)
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = _unstorable(key) or _unstorable(item)
+            if found:
+                return found
+    if isinstance(value, list):
+        for item in value:
+            found = _unstorable(item)
+            if found:
+                return found
+    return None
+
+
 class TenantInSerializer(serializers.Serializer):
     id = serializers.RegexField(ID_PATTERN, max_length=64, error_messages={"invalid": f"use {ID_HELP}"})
     name = serializers.CharField(max_length=200, required=False, allow_blank=True)
@@ -71,8 +93,15 @@ class TenantInSerializer(serializers.Serializer):
     signing_secret = serializers.CharField(max_length=500, required=False, allow_blank=True, write_only=True)
     rate_limits = serializers.DictField(required=False)
     large_file_config = serializers.DictField(required=False)
-    retention_seconds = serializers.IntegerField(min_value=0, required=False, allow_null=True)
+    retention_seconds = serializers.IntegerField(min_value=0, max_value=MAX_INT, required=False, allow_null=True)
     bounce = serializers.DictField(required=False)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        for name in ("rate_limits", "large_file_config", "bounce", "name", "signing_secret"):
+            problem = _unstorable(self.initial_data.get(name)) if isinstance(self.initial_data, dict) else None
+            if problem:
+                raise serializers.ValidationError({name: f"must not contain {problem}"})
+        return attrs
 
     def validate_client_base_url(self, value: str) -> str:
         return _check_http_url(value)
@@ -90,8 +119,8 @@ class TenantInSerializer(serializers.Serializer):
                 raise serializers.ValidationError(f"unknown key {key!r}; use per_minute, per_hour, per_day")
             if amount is None or amount == 0:
                 continue
-            if isinstance(amount, bool) or not isinstance(amount, int) or amount < 0:
-                raise serializers.ValidationError(f"{key} must be a whole number >= 0")
+            if isinstance(amount, bool) or not isinstance(amount, int) or not 0 <= amount <= MAX_INT:
+                raise serializers.ValidationError(f"{key} must be a whole number from 0 to {MAX_INT}")
             limits[RATE_LIMIT_KEYS[key]] = amount
         return limits
 
@@ -104,8 +133,9 @@ class TenantInSerializer(serializers.Serializer):
         if "security" in value and value["security"] not in Security.values:
             raise serializers.ValidationError("security must be ssl, starttls or none")
         for key in ("imap_port", "poll_interval"):
-            if key in value and (isinstance(value[key], bool) or not isinstance(value[key], int) or value[key] <= 0):
-                raise serializers.ValidationError(f"{key} must be a positive whole number")
+            if key in value and (isinstance(value[key], bool) or not isinstance(value[key], int)
+                                 or not 0 < value[key] <= MAX_INT):
+                raise serializers.ValidationError(f"{key} must be a positive whole number up to {MAX_INT}")
         return value
 
     def validate_large_file_config(self, value: dict[str, Any]) -> dict[str, Any]:
@@ -160,11 +190,11 @@ class AccountInSerializer(serializers.Serializer):
     verify_tls = serializers.BooleanField(required=False)
     timeout = serializers.IntegerField(min_value=1, max_value=600, required=False)
     max_connections = serializers.IntegerField(min_value=1, max_value=100, required=False)
-    connection_ttl = serializers.IntegerField(min_value=1, required=False)
+    connection_ttl = serializers.IntegerField(min_value=1, max_value=MAX_INT, required=False)
     batch_size = serializers.IntegerField(min_value=1, max_value=1000, required=False)
-    limit_per_minute = serializers.IntegerField(min_value=0, required=False, allow_null=True)
-    limit_per_hour = serializers.IntegerField(min_value=0, required=False, allow_null=True)
-    limit_per_day = serializers.IntegerField(min_value=0, required=False, allow_null=True)
+    limit_per_minute = serializers.IntegerField(min_value=0, max_value=MAX_INT, required=False, allow_null=True)
+    limit_per_hour = serializers.IntegerField(min_value=0, max_value=MAX_INT, required=False, allow_null=True)
+    limit_per_day = serializers.IntegerField(min_value=0, max_value=MAX_INT, required=False, allow_null=True)
     limit_behavior = serializers.ChoiceField(choices=LimitBehavior.choices, required=False)
     is_default = serializers.BooleanField(required=False)
     is_pec = serializers.BooleanField(required=False)
@@ -175,7 +205,7 @@ class AccountInSerializer(serializers.Serializer):
                                           trim_whitespace=False)
     imap_folder = serializers.CharField(max_length=200, required=False)
     imap_security = serializers.ChoiceField(choices=Security.choices, required=False)
-    imap_poll_interval = serializers.IntegerField(min_value=1, required=False)
+    imap_poll_interval = serializers.IntegerField(min_value=1, max_value=MAX_INT, required=False)
 
     def validate_host(self, value: str) -> str:
         if any(ch.isspace() for ch in value) or "/" in value:

@@ -75,15 +75,8 @@ def test_a_line_break_in_a_header_or_address_is_refused_naming_the_field(
 # Characters Python's str.splitlines() (and so the email package) treats as line breaks, besides CR and LF.
 UNICODE_BREAKS = {"VT": "\x0b", "FF": "\x0c", "FS": "\x1c", "GS": "\x1d", "RS": "\x1e", "NEL": "\x85",
                   "LINE SEPARATOR": "\u2028", "PARAGRAPH SEPARATOR": "\u2029"}
-POISON = pytest.mark.xfail(strict=True, reason=(
-    "queueing/validation.py _text(single_line=True) and _headers() refuse only CR and LF; the email package "
-    "refuses every str.splitlines() break, so delivery/mime.py build_envelope raises ValueError inside "
-    "delivery/services.py _send_due, which does not catch it: the batch crashes with its messages claimed"))
-
-
 @pytest.mark.parametrize("where", ["subject", "header value"])
 @pytest.mark.parametrize("name", list(UNICODE_BREAKS))
-@POISON
 def test_other_line_breaks_are_refused_or_sent_as_one_harmless_message(
     tenant_client: APIClient, smtp_account: SmtpAccount, smtp_server: SmtpSink, name: str, where: str
 ) -> None:
@@ -100,13 +93,14 @@ def test_other_line_breaks_are_refused_or_sent_as_one_harmless_message(
     assert received.message["Bcc"] is None
 
 
-@POISON
 def test_one_poisoned_message_does_not_stop_the_rest_of_its_batch(
     tenant_client: APIClient, smtp_account: SmtpAccount, smtp_server: SmtpSink
 ) -> None:
     tenant_client.post("/commands/add-messages", {"messages": [
-        message(id="poison", subject="spring\u2028Bcc: evil@example.com"), message(id="fine", subject="fine"),
+        message(id="poison", subject="spring"), message(id="fine", subject="fine"),
     ]}, format="json")
+    # The door refuses it now; a row stored by an older version, or written by hand, may still hold one.
+    Message.objects.filter(external_id="poison").update(subject="spring\u2028Bcc: evil@example.com")
     services.send_due(account_pk=smtp_account.pk)
     assert [m.subject for m in smtp_server.messages] == ["fine"]
     assert Message.objects.get(external_id="poison").status == Status.ERROR

@@ -215,9 +215,6 @@ def test_expired_or_removed_file_is_answered_like_a_forged_token(stored_link: st
     assert (expired.status_code, expired.json()) == (removed.status_code, removed.json()) == (404, NOT_FOUND)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "delivery/files.py download: a stored row whose key leaves its store makes FileSystemStorage raise "
-    "SuspiciousFileOperation, which is not caught (only OSError is), so the answer is a 500, not a 404"))
 def test_a_stored_row_whose_key_leaves_its_store_is_not_served(stored_link: str, tmp_path: Path) -> None:
     (tmp_path / "secret.txt").write_bytes(SECRET)
     StoredFile.objects.update(key="../secret.txt")
