@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import email.policy
+import json
 import math
 import os
 import re
@@ -25,6 +26,7 @@ from email_validator import EmailNotValidError, validate_email
 
 from mailproxy import safehttp
 from queueing.models import PRIORITY_BY_LABEL, ContentType
+from tenants import crypto
 
 MAX_ID_LENGTH = 200
 MAX_RECIPIENTS = 1000
@@ -309,6 +311,9 @@ def _attachments(raw: dict[str, Any]) -> list[dict[str, Any]]:
         problem = _source_problem(mode or infer_fetch_mode(path), path)
         if problem:
             raise Invalid(f"{name}.storage_path", problem)
+        if auth is not None:
+            # A credential like client_auth's: stored sealed, opened only to make the fetch.
+            item = {**item, "auth": {"sealed": crypto.encrypt(json.dumps(auth))}}
         result.append(item)
     return result
 

@@ -143,6 +143,19 @@ def test_rotate_encryption_key_reseals_every_secret(tenant: Tenant, account: Smt
     assert crypto.decrypt(account.imap_password_encrypted) == "imap-pw"
 
 
+def test_rotation_reseals_the_attachment_credentials_of_waiting_messages(tenant: Tenant, account: SmtpAccount) -> None:
+    auth = {"method": "bearer", "token": "file-token-1"}
+    attachment = {"filename": "a.pdf", "storage_path": "https://files.example.com/a.pdf", "auth": auth}
+    with override_settings(MAIL_PROXY_ENCRYPTION_KEY=OLD_KEY):
+        enqueue_messages(scope=tenant, payloads=[message(id="with-file", attachments=[attachment])])
+    stored = Message.objects.get(external_id="with-file").attachments[0]["auth"]
+    assert set(stored) == {"sealed"} and "file-token-1" not in json.dumps(stored)  # noqa: PT018
+    with override_settings(MAIL_PROXY_ENCRYPTION_OLD_KEYS=[OLD_KEY]):
+        assert "1 secrets re-encrypted" in run("rotate_encryption_key")
+    sealed = Message.objects.get(external_id="with-file").attachments[0]["auth"]["sealed"]
+    assert json.loads(crypto.decrypt(sealed)) == auth  # opens with the current key alone
+
+
 def test_rotation_without_the_old_key_names_the_row(tenant: Tenant) -> None:
     with override_settings(MAIL_PROXY_ENCRYPTION_KEY=OLD_KEY):
         Tenant.objects.filter(pk=tenant.pk).update(signing_secret_encrypted=crypto.encrypt("sign-me"))

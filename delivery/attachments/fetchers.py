@@ -78,7 +78,12 @@ def _too_big() -> FetchError:
 
 
 def item_auth_headers(auth: object) -> dict[str, str]:
-    """The Authorization header of a per-attachment `auth` (plain values, as stored on the item)."""
+    """The Authorization header of a per-attachment `auth` (stored sealed, or plain from older rows)."""
+    if isinstance(auth, Mapping) and isinstance(auth.get("sealed"), str):
+        try:
+            auth = json.loads(_decrypt(auth["sealed"]))  # opened only to build this request
+        except ValueError:
+            raise FetchError("the attachment's auth cannot be opened", permanent=True) from None
     if not isinstance(auth, Mapping):
         raise FetchError("auth must be an object with a method", permanent=True)
     method = auth.get("method")

@@ -256,11 +256,6 @@ def test_no_canary_leaves_its_intended_place(
     assert leaks == {}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a per-attachment `auth` (SPEC §8, an override of client_auth) is stored in clear in "
-    "queueing_message.attachments (so in the database and in SQL logs) and shown by the admin message page "
-    "(queueing/admin.py MessageAdmin shows every field read-only); client_auth secrets are sealed by "
-    "tenants.crypto everywhere else"))
 def test_a_per_attachment_token_only_reaches_the_file_server(
     tenant_client: APIClient, smtp_account: SmtpAccount, smtp_server: SmtpSink, files: FileServer,
     every_log: Path, caplog: pytest.LogCaptureFixture,

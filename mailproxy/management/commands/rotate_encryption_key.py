@@ -13,6 +13,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import models, transaction
 
+from queueing.models import WAITING_STATUSES, Message, Status
 from tenants import crypto
 from tenants.models import SmtpAccount, Tenant
 
@@ -49,5 +50,31 @@ class Command(BaseCommand):
                         except crypto.DecryptionError as exc:
                             raise CommandError(f"{model.__name__} {pk} {name}: {exc}") from None
                     row.save(update_fields=stale)
+        rewritten += self._attachment_credentials(dry_run=options["dry_run"])
         verb = "would be re-encrypted" if options["dry_run"] else "re-encrypted"
         self.stdout.write(f"{rewritten} secrets {verb} with key {crypto.current_key_id()}")
+
+    def _attachment_credentials(self, *, dry_run: bool) -> int:
+        """Per-attachment `auth` of messages still waiting (final ones will not fetch again)."""
+        rewritten = 0
+        waiting = Message.objects.filter(status__in=[*WAITING_STATUSES, Status.SENDING]).exclude(attachments=[])
+        for pk in waiting.values_list("pk", flat=True).order_by("pk").iterator():
+            with transaction.atomic():
+                message = Message.objects.select_for_update().filter(pk=pk).only("attachments").first()
+                if message is None:
+                    continue
+                stale = [item for item in message.attachments if isinstance(item.get("auth"), dict)
+                         and isinstance(item["auth"].get("sealed"), str)
+                         and crypto.needs_reencryption(item["auth"]["sealed"])]
+                if not stale:
+                    continue
+                rewritten += len(stale)
+                if dry_run:
+                    continue
+                for item in stale:
+                    try:
+                        item["auth"]["sealed"] = crypto.encrypt(crypto.decrypt(item["auth"]["sealed"]))
+                    except crypto.DecryptionError as exc:
+                        raise CommandError(f"Message {pk} attachment auth: {exc}") from None
+                message.save(update_fields=["attachments"])
+        return rewritten
