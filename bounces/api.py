@@ -6,7 +6,6 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.utils import timezone
-from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.request import Request
@@ -14,6 +13,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from delivery.mime import addr_spec
+from mailproxy.schema import envelope
 from queueing.models import Suppression, SuppressionSource
 from queueing.validation import Invalid, one_address
 from tenants.auth import principal_of, resolve_tenant
@@ -34,6 +34,20 @@ class SuppressionInSerializer(serializers.Serializer):
             raise serializers.ValidationError(exc.reason.removeprefix("address: ")) from None
 
 
+class SuppressionRecordSerializer(serializers.Serializer):
+    """An address on the tenant's suppression list (documents `_record`)."""
+
+    address = serializers.CharField()
+    reason = serializers.CharField()
+    source = serializers.ChoiceField(choices=SuppressionSource.choices)  # type: ignore[assignment]
+    created_at = serializers.DateTimeField()
+    expires_ts = serializers.FloatField(allow_null=True, help_text="unix seconds; null: never expires")
+
+
+SUPPRESSION_SAVED = envelope("SuppressionSaved", created=serializers.BooleanField(),
+                             suppression=SuppressionRecordSerializer())
+
+
 def _record(entry: Suppression) -> dict[str, object]:
     return {"address": entry.address, "reason": entry.reason, "source": entry.source,
             "created_at": entry.created_at.isoformat(),
@@ -41,13 +55,14 @@ def _record(entry: Suppression) -> dict[str, object]:
 
 
 class SuppressionListView(APIView):
-    @extend_schema(parameters=[TENANT_PARAM], responses=OpenApiTypes.OBJECT)
+    @extend_schema(parameters=[TENANT_PARAM],
+                   responses=envelope("SuppressionList", suppressions=SuppressionRecordSerializer(many=True)))
     def get(self, request: Request) -> Response:
         tenant = resolve_tenant(principal_of(request), request.query_params.get("tenant_id"))
         entries = Suppression.objects.filter(tenant=tenant).exclude(expires_at__lte=timezone.now())
         return Response({"ok": True, "suppressions": [_record(entry) for entry in entries]})
 
-    @extend_schema(request=SuppressionInSerializer, responses=OpenApiTypes.OBJECT)
+    @extend_schema(request=SuppressionInSerializer, responses={200: SUPPRESSION_SAVED, 201: SUPPRESSION_SAVED})
     def post(self, request: Request) -> Response:
         payload = SuppressionInSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
@@ -63,7 +78,9 @@ class SuppressionListView(APIView):
 
 
 class SuppressionDetailView(APIView):
-    @extend_schema(parameters=[TENANT_PARAM], responses=OpenApiTypes.OBJECT)
+    @extend_schema(parameters=[TENANT_PARAM], responses={
+        200: envelope("SuppressionDeleted", deleted=serializers.CharField(help_text="the address, lower-cased")),
+    })
     def delete(self, request: Request, address: str) -> Response:
         tenant = resolve_tenant(principal_of(request), request.query_params.get("tenant_id"))
         deleted, _ = Suppression.objects.filter(tenant=tenant, address=address.lower()).delete()

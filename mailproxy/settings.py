@@ -295,6 +295,8 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
     "ENUM_NAME_OVERRIDES": {"SecurityEnum": "tenants.models.Security"},
+    # The refusals of every operation, with their {ok, error, details} body (mailproxy/schema.py).
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "mailproxy.schema.add_error_responses"],
     # The Swagger UI is served from the package (no CDN): the instance may have no internet.
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",

@@ -10,8 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from django.conf import settings
-from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
@@ -19,8 +18,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from mailproxy.params import query_bool, query_float, query_int
+from mailproxy.schema import envelope, refusal
 from queueing import selectors, services
-from queueing.models import MessageEvent, Status
+from queueing.models import EventType, MessageEvent, Status
 from queueing.serializers import (
     AddMessagesInSerializer,
     AddMessagesOutSerializer,
@@ -38,7 +38,54 @@ from tenants.models import SmtpAccount, Tenant
 from tenants.serializers import AccountInSerializer, AccountOutSerializer
 
 TENANT_PARAM = OpenApiParameter("tenant_id", str, description="admin token: the tenant (default: 'default')")
-OK = inline_serializer("Ok", {"ok": serializers.BooleanField()})
+
+
+# The records below only document what message_record and event_record build: the views call
+# those functions directly, so listings of 1,000 rows stay cheap.
+class MessageRecordSerializer(serializers.Serializer):
+    """A message, as the listings show it."""
+
+    id = serializers.CharField()
+    pk = serializers.IntegerField()
+    tenant_id = serializers.CharField()
+    account_id = serializers.CharField(allow_null=True)
+    status = serializers.ChoiceField(choices=Status.choices)
+    priority = serializers.IntegerField()
+    priority_label = serializers.CharField()
+    batch_code = serializers.CharField(allow_null=True)
+    subject = serializers.CharField()
+    to = serializers.JSONField(help_text="the recipients, as stored")
+    created_at = serializers.DateTimeField()
+    deferred_ts = serializers.FloatField(allow_null=True)
+    next_attempt_ts = serializers.FloatField()
+    attempts = serializers.IntegerField()
+    sent_ts = serializers.FloatField(allow_null=True)
+    error_ts = serializers.FloatField(allow_null=True)
+    error = serializers.CharField(allow_null=True)
+    smtp_code = serializers.IntegerField(allow_null=True)
+    message_id = serializers.CharField()
+
+
+class MessageEventRecordSerializer(serializers.Serializer):
+    """One event of a message's history."""
+
+    event_id = serializers.IntegerField()
+    type = serializers.ChoiceField(choices=EventType.choices)
+    ts = serializers.FloatField()
+    details = serializers.JSONField()
+    reported_ts = serializers.FloatField(allow_null=True)
+
+
+class MessageDetailRecordSerializer(MessageRecordSerializer):
+    """A message with its events."""
+
+    events = MessageEventRecordSerializer(many=True)
+
+
+SUSPENSION_STATE = envelope(
+    "SuspensionState", tenant_id=serializers.CharField(), suspended=serializers.BooleanField(),
+    suspended_batches=serializers.ListField(child=serializers.CharField()), held=serializers.IntegerField(),
+)
 
 
 def tenant_from_query(request: Request) -> Tenant:
@@ -52,7 +99,10 @@ def body_object(request: Request) -> dict[str, Any]:
 
 
 class AddMessagesView(APIView):
-    @extend_schema(request=AddMessagesInSerializer, responses=AddMessagesOutSerializer)
+    @extend_schema(request=AddMessagesInSerializer, responses={
+        200: AddMessagesOutSerializer,
+        413: refusal("More messages than GMP_MAX_BATCH in one request, or a body over GMP_MAX_REQUEST_MB."),
+    })
     def post(self, request: Request) -> Response:
         data = body_object(request)
         messages = data.get("messages")
@@ -98,7 +148,9 @@ class MessageListView(APIView):
             OpenApiParameter("cursor", str, description="next_cursor of the previous page"),
         ],
         operation_id="messages_list",
-        responses=OpenApiTypes.OBJECT,
+        responses=envelope("MessageList", messages=MessageRecordSerializer(many=True),
+                           next_cursor=serializers.CharField(allow_null=True,
+                                                             help_text="null on the last page")),
     )
     def get(self, request: Request) -> Response:
         principal = principal_of(request)
@@ -125,7 +177,8 @@ class MessageListView(APIView):
 
 
 class MessageDetailView(APIView):
-    @extend_schema(parameters=[TENANT_PARAM], responses=OpenApiTypes.OBJECT)
+    @extend_schema(parameters=[TENANT_PARAM],
+                   responses=envelope("MessageDetail", message=MessageDetailRecordSerializer()))
     def get(self, request: Request, message_id: str) -> Response:
         tenant = tenant_from_query(request)
         message = selectors.get_message(tenant=tenant, external_id=message_id)
@@ -137,7 +190,13 @@ class MessageDetailView(APIView):
 
 
 class DeleteMessagesView(APIView):
-    @extend_schema(parameters=[TENANT_PARAM], request=DeleteMessagesInSerializer, responses=OpenApiTypes.OBJECT)
+    @extend_schema(parameters=[TENANT_PARAM], request=DeleteMessagesInSerializer, responses=envelope(
+        "MessagesDeleted", removed=serializers.IntegerField(),
+        removed_ids=serializers.ListField(child=serializers.CharField()),
+        not_found=serializers.ListField(child=serializers.CharField()),
+        unauthorized=serializers.ListField(child=serializers.CharField(), help_text="always empty"),
+        in_flight=serializers.ListField(child=serializers.CharField(), help_text="being sent now: kept"),
+    ))
     def post(self, request: Request) -> Response:
         tenant = tenant_from_query(request)
         payload = DeleteMessagesInSerializer(data=body_object(request))
@@ -148,7 +207,8 @@ class DeleteMessagesView(APIView):
 
 
 class CleanupMessagesView(APIView):
-    @extend_schema(parameters=[TENANT_PARAM], request=CleanupInSerializer, responses=OpenApiTypes.OBJECT)
+    @extend_schema(parameters=[TENANT_PARAM], request=CleanupInSerializer,
+                   responses=envelope("MessagesCleanedUp", removed=serializers.IntegerField()))
     def post(self, request: Request) -> Response:
         principal = principal_of(request)
         tenant_id = request.query_params.get("tenant_id") or body_object(request).get("tenant_id")
@@ -174,13 +234,16 @@ class _SuspensionView(APIView):
 
 
 class SuspendView(_SuspensionView):
-    @extend_schema(request=SuspendInSerializer, responses=OpenApiTypes.OBJECT)
+    @extend_schema(request=SuspendInSerializer, responses=SUSPENSION_STATE)
     def post(self, request: Request) -> Response:
         return self._act(request, suspend=True)
 
 
 class ActivateView(_SuspensionView):
-    @extend_schema(request=SuspendInSerializer, responses=OpenApiTypes.OBJECT)
+    @extend_schema(request=SuspendInSerializer, responses={
+        200: SUSPENSION_STATE,
+        409: refusal("A batch cannot be activated while its tenant is suspended as a whole."),
+    })
     def post(self, request: Request) -> Response:
         return self._act(request, suspend=False)
 
@@ -194,7 +257,8 @@ def _account(request: Request, account_id: str) -> SmtpAccount:
 
 
 class AccountSaveView(APIView):
-    @extend_schema(request=AccountInSerializer, responses=AccountOutSerializer)
+    @extend_schema(request=AccountInSerializer, responses=envelope(
+        "AccountSaved", created=serializers.BooleanField(), account=AccountOutSerializer()))
     def post(self, request: Request) -> Response:
         payload = AccountInSerializer(data=body_object(request))
         payload.is_valid(raise_exception=True)
@@ -205,7 +269,8 @@ class AccountSaveView(APIView):
 
 
 class AccountListView(APIView):
-    @extend_schema(parameters=[TENANT_PARAM], responses=AccountOutSerializer(many=True))
+    @extend_schema(parameters=[TENANT_PARAM],
+                   responses=envelope("AccountList", accounts=AccountOutSerializer(many=True)))
     def get(self, request: Request) -> Response:
         principal = principal_of(request)
         tenant_id = request.query_params.get("tenant_id")
@@ -216,11 +281,15 @@ class AccountListView(APIView):
 
 
 class AccountDetailView(APIView):
-    @extend_schema(parameters=[TENANT_PARAM], responses=AccountOutSerializer)
+    @extend_schema(parameters=[TENANT_PARAM], responses=envelope("AccountDetail", account=AccountOutSerializer()))
     def get(self, request: Request, account_id: str) -> Response:
         return Response({"ok": True, "account": AccountOutSerializer(_account(request, account_id)).data})
 
-    @extend_schema(parameters=[TENANT_PARAM, OpenApiParameter("force", bool)], responses=OK)
+    @extend_schema(parameters=[TENANT_PARAM, OpenApiParameter("force", bool)], responses={
+        200: envelope("AccountDeleted", failed_messages=serializers.IntegerField(
+            help_text="waiting messages failed by force=true")),
+        409: refusal("Messages wait on the account; force=true fails them and deletes it."),
+    })
     def delete(self, request: Request, account_id: str) -> Response:
         account = _account(request, account_id)
         failed = services.delete_account(account=account, force=query_bool(request, "force"))
@@ -228,7 +297,8 @@ class AccountDetailView(APIView):
 
 
 class RunNowView(APIView):
-    @extend_schema(request=None, responses=OpenApiTypes.OBJECT)
+    @extend_schema(request=None, responses=envelope(
+        "RunNowResult", accounts_rung=serializers.IntegerField(), reports_resent=serializers.IntegerField()))
     def post(self, request: Request) -> Response:
         """Wake dispatch and reporting now: the admin for every tenant, a tenant for itself."""
         principal = principal_of(request)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
 import socket
+import tracemalloc
+import zlib
 from collections.abc import Iterator
 
 import pytest
@@ -137,3 +140,71 @@ def test_a_failure_names_no_query_string(db: None) -> None:
                          max_bytes=1000)
     assert "canary-token-77" not in str(refused.value)
     assert "?…" in str(refused.value) or "refused" in str(refused.value).lower()
+
+
+TEXT = b"a line of an attachment\n" * 40  # 960 bytes: under the 1024-byte cap of fetch()
+
+
+def _deflate(data: bytes, wbits: int) -> bytes:
+    packer = zlib.compressobj(9, zlib.DEFLATED, wbits)
+    return packer.compress(data) + packer.flush()
+
+
+def _gzip_of_zeros(size: int) -> bytes:
+    """`size` zero bytes gzip-compressed a megabyte at a time (the test itself stays small)."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    block = bytes(1024 * 1024)
+    return b"".join(packer.compress(block) for _ in range(size // len(block))) + packer.flush()
+
+
+def test_every_request_asks_for_an_uncompressed_answer(loopback: FileServer) -> None:
+    with override_settings(GMP_ALLOWED_HOSTS=["127.0.0.1"]):
+        safehttp.request("GET", f"{loopback.url}/secret", headers={"accept-encoding": "gzip, br"}, timeout=2,
+                         max_bytes=1024)
+    sent = {name: value for name, value in loopback.last("/secret").headers.items()
+            if name.lower() == "accept-encoding"}
+    assert list(sent.values()) == ["identity"]
+
+
+@pytest.mark.parametrize(("encoding", "body"), [
+    ("gzip", gzip.compress(TEXT)),
+    ("x-gzip", gzip.compress(TEXT)),
+    ("GZIP", gzip.compress(TEXT)),
+    ("gzip", gzip.compress(TEXT[:100]) + gzip.compress(TEXT[100:])),
+    ("deflate", _deflate(TEXT, zlib.MAX_WBITS)),
+    ("deflate", _deflate(TEXT, -zlib.MAX_WBITS)),
+    ("identity", TEXT),
+], ids=["gzip", "x-gzip", "upper case", "two gzip members", "deflate", "raw deflate", "identity"])
+def test_a_compressed_answer_sent_anyway_is_inflated(loopback: FileServer, encoding: str, body: bytes) -> None:
+    loopback.route("/packed", body, headers={"Content-Encoding": encoding})
+    with override_settings(GMP_ALLOWED_HOSTS=["127.0.0.1"]):
+        assert fetch(f"{loopback.url}/packed").body == TEXT
+
+
+def test_a_compression_bomb_is_refused_at_the_cap_without_being_inflated(loopback: FileServer) -> None:
+    loopback.route("/bomb", _gzip_of_zeros(32 * 1024 * 1024), headers={"Content-Encoding": "gzip"})
+    tracemalloc.start()
+    try:
+        with override_settings(GMP_ALLOWED_HOSTS=["127.0.0.1"]), \
+                pytest.raises(safehttp.OutboundError, match=r"^answer larger than 1024 bytes$"):
+            fetch(f"{loopback.url}/bomb")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # Inflating one 64 KB read of this body whole would take 64 MB.
+    assert peak < 2 * 1024 * 1024, f"{peak / 1024 / 1024:.1f} MB held for a 1 KB cap"
+
+
+@pytest.mark.parametrize("encoding", ["br", "zstd", "compress", "gzip, br"])
+def test_an_encoding_the_proxy_does_not_decode_is_refused(loopback: FileServer, encoding: str) -> None:
+    loopback.route("/packed", b"\x1b\x03\x00\xf8", headers={"Content-Encoding": encoding})
+    with override_settings(GMP_ALLOWED_HOSTS=["127.0.0.1"]), \
+            pytest.raises(safehttp.OutboundError, match=f"Content-Encoding {encoding}, which the proxy does not"):
+        fetch(f"{loopback.url}/packed")
+
+
+def test_a_corrupt_gzip_answer_fails_clearly(loopback: FileServer) -> None:
+    loopback.route("/packed", b"\x1f\x8b" + b"not really gzip" * 10, headers={"Content-Encoding": "gzip"})
+    with override_settings(GMP_ALLOWED_HOSTS=["127.0.0.1"]), \
+            pytest.raises(safehttp.OutboundError, match="the gzip answer cannot be decoded"):
+        fetch(f"{loopback.url}/packed")

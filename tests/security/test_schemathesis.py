@@ -48,16 +48,8 @@ OWN = {"tenant_id": "acme", "account_id": "main", "message_id": "msg-1"}
 # Bodies for the own-objects pass where random valid bodies are always refused (an id that is not the path's).
 OWN_BODIES: dict[str, Any] = {"PUT /tenant/{tenant_id}": {"id": "acme", "name": "Renamed"}}
 
-WRAPPED = ("the view answers {\"ok\": true, \"%s\": …} but its extend_schema(responses=…) documents the bare "
-           "serializer; fix: document the envelope (inline_serializer with ok + the nested serializer)")
-KNOWN_DEFECTS = {
-    "POST /account": "queueing/api.py AccountSaveView: " + WRAPPED % "account",
-    "GET /accounts": "queueing/api.py AccountListView: " + WRAPPED % "accounts",
-    "GET /account/{account_id}": "queueing/api.py AccountDetailView.get: " + WRAPPED % "account",
-    "GET /tenant/{tenant_id}": "tenants/api.py TenantDetailView.get: " + WRAPPED % "tenant",
-    "PUT /tenant/{tenant_id}": "tenants/api.py TenantDetailView.put: " + WRAPPED % "tenant",
-    "GET /tenant/{tenant_id}/api-keys": "tenants/api.py ApiKeyListView.get: " + WRAPPED % "api_keys",
-}
+# Operation label -> why it is expected to fail (a strict xfail); empty while none is known.
+KNOWN_DEFECTS: dict[str, str] = {}
 # Answers that are right although they are 5xx: readiness says 503 while beat has not beaten.
 EXPECTED_5XX = {"GET /ready": {503}}
 
@@ -134,10 +126,6 @@ def test_operation_never_fails_and_answers_as_documented(label: str, token: str)
              label)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the schema documents only the success answer of each operation; its 400/401/403/404/413 answers (the "
-    "{ok, error, details} shape) are undocumented, so status_code_conformance fails on any refusal. Fix: a "
-    "drf-spectacular POSTPROCESSING_HOOKS entry (or AutoSchema subclass) adding the error responses"))
 def test_refusals_are_documented_status_codes(token: str) -> None:
     schema = api_schema()
     operation = schema.find_operation_by_label("GET /messages/{message_id}")

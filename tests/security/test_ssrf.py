@@ -31,12 +31,6 @@ from tests.tenant_app import TenantApp
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("_nothing_allowed")]
 
-NUMERIC_DOOR_GAP = pytest.mark.xfail(
-    strict=True,
-    reason="mailproxy/safehttp.py check_literal: legacy IPv4 spellings (decimal, hex, octal, short) are not "
-           "recognised as literal addresses, so the API door accepts them (the fetch still refuses them)",
-)
-
 
 def _resolves_to_loopback(name: str) -> bool:
     try:
@@ -64,7 +58,7 @@ ELSEWHERE = [
     "192.168.1.1", "100.64.0.1", "[fd00::1]", "[fe80::1]", "224.0.0.1",
 ]
 DOOR_FORMS = [*LOOPBACK, *LOOPBACK_NAMES, *ELSEWHERE,
-              *(pytest.param(form, marks=NUMERIC_DOOR_GAP) for form in LEGACY_NUMERIC)]
+              *LEGACY_NUMERIC]
 FETCH_FORMS = [*LOOPBACK, *LEGACY_NUMERIC, *(name for name in LOOPBACK_NAMES if _resolves_to_loopback(name)),
                *HOSTNAMES, *ELSEWHERE]
 
