@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TypedDict
 
 from django.conf import settings
+from django.db import InterfaceError, OperationalError, connection
 from django.db.models import F
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -20,7 +21,7 @@ from delivery.mime import Envelope, build_envelope
 from mailproxy import metrics
 from queueing import dispatch, lifecycle
 from queueing.models import Message
-from queueing.ratelimit import Bucket, LimiterUnavailable, buckets_for, get_limiter
+from queueing.ratelimit import Bucket, Decision, LimiterUnavailable, buckets_for, get_limiter
 from tenants.models import LimitBehavior, SmtpAccount
 
 logger = logging.getLogger(__name__)
@@ -69,6 +70,11 @@ def _reachable_again(account: SmtpAccount) -> None:
     if account.unreachable_since or account.backoff_seconds or account.paused_until:
         SmtpAccount.objects.filter(pk=account.pk).update(unreachable_since=None, backoff_seconds=0, paused_until=None)
         logger.info("smtp reachable again account=%s tenant=%s", account.external_id, account.tenant_id)
+
+
+# How long a worker keeps trying to record a transaction that happened while the database
+# is away; after that the lease's expiry decides (the message is flagged possible_duplicate).
+RECORD_RETRY_SECONDS = 120.0
 
 
 def _lease_seconds(account: SmtpAccount) -> int:
@@ -141,8 +147,9 @@ def _send_due(account_pk: int) -> SendSummary:
                 lease_ends = time.monotonic() + lease_seconds
                 if message.pk not in held:
                     continue
+            token: Decision | None = None
             if buckets:
-                verdict = _take_token(account, buckets, message, claim, rest, summary)
+                verdict, token = _take_token(account, buckets, message, claim, rest, summary)
                 if verdict == "stop":
                     break
                 if verdict == "skip":
@@ -188,10 +195,11 @@ def _send_due(account_pk: int) -> SendSummary:
                 summary.released += lifecycle.release(claim=claim, message_ids=rest, next_attempt_at=until,
                                                       reason="auth", error=str(exc))
                 break
+            _restamp(account, buckets, token)
             if outcome.broken:
                 smtp.pool.release(account, pooled, broken=True)
                 pooled = None
-            _record(account, claim, message, outcome, summary)
+            _record_durably(account, claim, message, outcome, summary)
     finally:
         if pooled is not None:
             smtp.pool.release(account, pooled)
@@ -222,7 +230,7 @@ def _prepare(account: SmtpAccount, message: Message) -> Envelope:
 
 
 def _take_token(account: SmtpAccount, buckets: list[Bucket], message: Message, claim: lifecycle.Claim,
-                rest: list[int], summary: SendSummary) -> str:
+                rest: list[int], summary: SendSummary) -> tuple[str, Decision | None]:
     """"go" with a token taken, "skip" when the message failed, "stop" when the batch waits."""
     try:
         decision = get_limiter().acquire(buckets, member=f"{message.pk}:{message.attempts}")
@@ -231,19 +239,29 @@ def _take_token(account: SmtpAccount, buckets: list[Bucket], message: Message, c
         logger.warning("rate limiter unavailable account=%s error=%s", account.external_id, exc)
         summary.released += lifecycle.release(
             claim=claim, message_ids=rest, next_attempt_at=timezone.now() + timedelta(seconds=LIMITER_PAUSE_SECONDS))
-        return "stop"
+        return "stop", None
     if decision.allowed:
-        return "go"
+        return "go", decision
     metrics.inc("rate_limited", **_series(account))
     if account.limit_behavior == LimitBehavior.REJECT:
         if lifecycle.record_failure(claim=claim, message=message, permanent=True, error="rate limit exceeded"):
             _count_failure(account, message, permanent=True)
         summary.failed += 1
-        return "skip"
+        return "skip", None
     retry_at = datetime.fromtimestamp(decision.retry_at or time.time() + 1, tz=UTC)
     summary.released += lifecycle.release(claim=claim, message_ids=rest, next_attempt_at=retry_at,
                                           reason="rate_limit")
-    return "stop"
+    return "stop", None
+
+
+def _restamp(account: SmtpAccount, buckets: list[Bucket], token: Decision | None) -> None:
+    """The token's time becomes the message's arrival at the server (see the limiters' restamp)."""
+    if token is None:
+        return
+    try:
+        get_limiter().restamp(buckets, token)
+    except LimiterUnavailable as exc:  # the token stays dated at its grant: off by one transaction
+        logger.warning("rate limiter unavailable account=%s error=%s", account.external_id, exc)
 
 
 def _handle_unreachable(account: SmtpAccount, claim: lifecycle.Claim, waiting: list[Message], error: str,
@@ -256,6 +274,31 @@ def _handle_unreachable(account: SmtpAccount, claim: lifecycle.Claim, waiting: l
     summary.failed += len(failed)
     summary.released += lifecycle.release(claim=claim, message_ids=[m.pk for m in waiting if m.pk not in failed],
                                           next_attempt_at=until, reason="unreachable", error=error)
+
+
+def _record_durably(account: SmtpAccount, claim: lifecycle.Claim, message: Message, outcome: smtp.Outcome,
+                    summary: SendSummary) -> None:
+    """Write the outcome of a transaction that happened, waiting out a database outage.
+
+    The server has the message: if this write were given up, the lease would expire and
+    the message would be sent again. The write is conditional on the claim's token, so a
+    retry after a commit whose answer was lost changes nothing, and one after a reclaim
+    is refused (the reclaim flagged the message as a possible duplicate).
+    """
+    deadline = time.monotonic() + RECORD_RETRY_SECONDS
+    pause = 0.2
+    while True:
+        try:
+            _record(account, claim, message, outcome, summary)
+            return
+        except (OperationalError, InterfaceError) as exc:
+            if time.monotonic() + pause > deadline:
+                raise
+            logger.warning("database unavailable while recording message=%s tenant=%s: %s; retrying",
+                           message.pk, message.tenant_id, type(exc).__name__)
+            connection.close()  # the next attempt opens a fresh connection
+            time.sleep(pause)
+            pause = min(pause * 2, 2.0)
 
 
 def _record(account: SmtpAccount, claim: lifecycle.Claim, message: Message, outcome: smtp.Outcome,

@@ -114,7 +114,20 @@ for i = 1, n do
   -- the newest entry is this one: the whole log is useless one window from now
   redis.call('PEXPIRE', KEYS[i], tonumber(ARGV[2 * i + 1]) * 1000)
 end
-return {1}
+return {1, member}
+"""
+
+RESTAMP_LUA = """
+-- A token's time moves to when its message reached the server (see RedisLimiter.restamp).
+-- KEYS[1..n] the bucket logs; ARGV[1] the member; ARGV[1 + i] the window (s) of bucket i.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+for i = 1, #KEYS do
+  if redis.call('ZADD', KEYS[i], 'XX', 'GT', 'CH', now, ARGV[1]) == 1 then
+    redis.call('PEXPIRE', KEYS[i], tonumber(ARGV[1 + i]) * 1000)
+  end
+end
+return 1
 """
 
 
@@ -147,6 +160,8 @@ class Decision:
 
     allowed: bool
     retry_at: float | None
+    # What `restamp` needs to find the token again: the member (Redis) or the hit rows (SQL).
+    token: str | tuple[int, ...] | None = None
 
 
 ALLOWED = Decision(allowed=True, retry_at=None)
@@ -189,6 +204,7 @@ class RedisLimiter:
         self._pid: int | None = None
         self._client: redis.Redis | None = None
         self._script: Script | None = None
+        self._restamp: Script | None = None
 
     def _connect(self) -> tuple[redis.Redis, Script]:
         # A client inherited through fork shares its sockets with the parent: replace it.
@@ -200,8 +216,26 @@ class RedisLimiter:
                 decode_responses=True,
             )
             self._script = self._client.register_script(ACQUIRE_LUA)
+            self._restamp = self._client.register_script(RESTAMP_LUA)
             self._pid = os.getpid()
         return self._client, self._script
+
+    def restamp(self, buckets: list[Bucket], decision: Decision) -> None:
+        """Date a granted token at now, when its message reached the server.
+
+        The token was taken before the message was built and the SMTP conversation held,
+        which may take seconds: dated at the grant, it would come back that much early,
+        and a provider counting arrivals could see limit + 1 in one window.
+        """
+        if not buckets or not isinstance(decision.token, str):
+            return
+        try:
+            self._connect()
+            if self._restamp is None:  # _connect always sets it
+                return
+            self._restamp(keys=[_log_key(b) for b in buckets], args=[decision.token, *(b.window for b in buckets)])
+        except _UNAVAILABLE_ERRORS as exc:
+            raise LimiterUnavailable(f"rate-limit store unreachable: {exc}") from exc
 
     def acquire(self, buckets: list[Bucket], *, member: str) -> Decision:
         """Take one token from every bucket or from none.
@@ -220,7 +254,7 @@ class RedisLimiter:
             for _ in range(1 + MAX_SEED_ROUNDS):
                 reply = script(keys=keys, args=args)
                 if reply[0] == 1:
-                    return ALLOWED
+                    return Decision(allowed=True, retry_at=None, token=str(reply[1]))
                 if reply[0] == 0:
                     return Decision(allowed=False, retry_at=float(reply[1]))
                 self._seed(client, [buckets[int(index) - 1] for index in reply[1:]])
@@ -301,8 +335,13 @@ class SqlLimiter:
                     retry_at = at if retry_at is None else max(retry_at, at)
             if retry_at is not None:
                 return Decision(allowed=False, retry_at=retry_at)
-            RateLimitHit.objects.bulk_create([RateLimitHit(bucket_id=b.key, at=now) for b in ordered])
-        return ALLOWED
+            granted = RateLimitHit.objects.bulk_create([RateLimitHit(bucket_id=b.key, at=now) for b in ordered])
+        return Decision(allowed=True, retry_at=None, token=tuple(hit.pk for hit in granted if hit.pk is not None))
+
+    def restamp(self, buckets: list[Bucket], decision: Decision) -> None:
+        """Date a granted token at now, when its message reached the server (as RedisLimiter.restamp)."""
+        if buckets and isinstance(decision.token, tuple) and decision.token:
+            RateLimitHit.objects.filter(pk__in=decision.token).update(at=timezone.now())
 
 
 _redis_limiters: dict[str, RedisLimiter] = {}

@@ -89,7 +89,8 @@ def test_sixth_send_in_a_minute_waits_for_the_first_token(limiter: RedisLimiter 
     first = time.time()
     decisions = [limiter.acquire([bucket], member="msg") for _ in range(6)]
     assert [d.allowed for d in decisions] == [True] * 5 + [False]
-    assert decisions[:5] == [Decision(allowed=True, retry_at=None)] * 5
+    assert [d.retry_at for d in decisions[:5]] == [None] * 5
+    assert len({d.token for d in decisions[:5]}) == 5  # each grant names its own token
     assert decisions[5].retry_at == pytest.approx(first + 60, abs=0.5)
 
 
@@ -116,6 +117,26 @@ def test_tokens_come_back_one_window_after_they_were_spent(limiter: RedisLimiter
     assert first + 2 <= refused.retry_at + 0.01 <= spent + 2.01
     sleep_until(spent + 2.05)
     assert limiter.acquire([bucket], member="d").allowed
+
+
+def test_a_token_restamped_at_arrival_comes_back_one_window_after_the_arrival(
+    limiter: RedisLimiter | SqlLimiter,
+) -> None:
+    """The token is taken before a slow SMTP conversation; dated at the grant it would come
+    back early, and the server would count limit + 1 arrivals in one window."""
+    bucket = Bucket(key="acct:1:2", limit=1, window=2)
+    granted = limiter.acquire([bucket], member="slow")
+    assert granted.allowed
+    assert granted.token
+    time.sleep(1.0)  # the conversation
+    arrived = time.time()
+    limiter.restamp([bucket], granted)
+    sleep_until(arrived + 1.3)  # past grant + window, before arrival + window
+    refused = limiter.acquire([bucket], member="next")
+    assert not refused.allowed
+    assert refused.retry_at == pytest.approx(arrived + 2, abs=0.2)
+    sleep_until(arrived + 2.05)
+    assert limiter.acquire([bucket], member="next").allowed
 
 
 def test_retry_at_with_two_full_buckets_is_the_later_return(limiter: RedisLimiter | SqlLimiter) -> None:
