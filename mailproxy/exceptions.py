@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from django.core.exceptions import PermissionDenied, RequestDataTooBig
+from django.db import InterfaceError, OperationalError
 from django.http import Http404, HttpRequest, JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -41,6 +42,11 @@ def error_body(message: str, details: Any = None) -> dict[str, Any]:
 
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, OperationalError | InterfaceError):
+        # The database is away (restart, failover): say so, and when to try again; nothing was stored.
+        logger.error("database unavailable: %s", type(exc).__name__)
+        return Response(error_body("the database is unavailable; try again shortly"), status=503,
+                        headers={"Retry-After": "5"})
     if isinstance(exc, RequestDataTooBig):
         return Response(error_body("request body too large"), status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
     if isinstance(exc, DomainError):

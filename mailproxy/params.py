@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from datetime import UTC, datetime
+
 from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 
@@ -38,6 +41,24 @@ def query_float(request: Request, name: str) -> float | None:
     if value is None or value == "":
         return None
     try:
-        return float(value)
+        number = float(value)
     except ValueError:
         raise ValidationError({name: "must be a number (unix seconds)"}) from None
+    if not math.isfinite(number):
+        raise ValidationError({name: "must be a finite number (unix seconds)"})
+    return number
+
+
+def query_time(request: Request, name: str) -> datetime | None:
+    """A unix-seconds query parameter as an aware datetime; out-of-range years are a 400."""
+    seconds = query_float(request, name)
+    if seconds is None:
+        return None
+    try:
+        return datetime.fromtimestamp(seconds, tz=UTC)
+    except (OverflowError, OSError, ValueError):
+        raise ValidationError({name: f"{value_text(seconds)} is out of range"}) from None
+
+
+def value_text(number: float) -> str:
+    return f"{number:.0f}" if abs(number) < 1e18 else f"{number:.3g}"

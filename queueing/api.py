@@ -6,7 +6,6 @@ messages waiting on it, and `tenants` does not know about messages.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from django.conf import settings
@@ -17,7 +16,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from mailproxy.params import query_bool, query_float, query_int
+from mailproxy.params import query_bool, query_int, query_time
 from mailproxy.schema import envelope, refusal
 from queueing import selectors, services
 from queueing.models import EventType, MessageEvent, Status
@@ -160,13 +159,13 @@ class MessageListView(APIView):
         unknown = [s for s in statuses if s not in Status.values]
         if unknown:
             raise ValidationError({"status": f"{unknown[0]!r} is not one of {', '.join(Status.values)}"})
-        since = query_float(request, "since")
+        since = query_time(request, "since")
         limit = query_int(request, "limit", 100, minimum=1, maximum=1000) or 100
         cursor = query_int(request, "cursor", None, minimum=1)
         rows = list(selectors.list_messages(
             tenant=tenant, statuses=statuses, batch_code=request.query_params.get("batch_code"),
             account_id=request.query_params.get("account_id"), active_only=query_bool(request, "active_only"),
-            since=datetime.fromtimestamp(since, tz=UTC) if since is not None else None,
+            since=since,
             before_pk=cursor, limit=limit,
         ))
         return Response({

@@ -48,7 +48,8 @@ def test_list_filters(tenant_client: APIClient, account: SmtpAccount, tenant: An
 
 
 @pytest.mark.parametrize("query", ["status=nope", "limit=0", "limit=5000", "since=yesterday", "cursor=x",
-                                   "active_only=maybe"])
+                                   "active_only=maybe", "since=-1774304339000000", "since=1e300", "since=nan",
+                                   "since=inf"])
 def test_bad_list_parameters_are_400_naming_them(tenant_client: APIClient, account: SmtpAccount, query: str) -> None:
     response = tenant_client.get(f"/messages?{query}")
     assert response.status_code == 400
