@@ -8,7 +8,7 @@ PORT ?= 8000
 # The suite runs on PostgreSQL (the production database) and again on SQLite (the embedded one).
 TEST_DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/mailproxy
 
-.PHONY: run install install-dev test test-postgres test-sqlite lint migrations-check compose-check bench clean
+.PHONY: run install install-dev test test-postgres test-sqlite test-reliability lint migrations-check compose-check bench bench-compare clean
 
 $(BIN)/.installed: requirements/base.txt
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ test-postgres: install-dev
 test-sqlite: install-dev
 	DATABASE_URL= $(BIN)/pytest -m "not postgres" $(PYTEST_ARGS)
 
+## test-reliability: the fault-injection suite on PostgreSQL (about 12 min; PYTEST_ARGS='-m "not slow"' for the quick part)
+test-reliability: install-dev
+	DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/pytest --create-db tests/reliability $(PYTEST_ARGS)
+
 lint: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/mypy .
@@ -51,6 +55,10 @@ compose-check:
 
 bench: install-dev
 	DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/python bench/enqueue.py
+
+## bench-compare: this product side by side with the seed genro-mail-proxy 0.7.0 (bench/COMPARE.md; ~10 min)
+bench-compare: install-dev
+	DATABASE_URL=$(TEST_DATABASE_URL) $(BIN)/python bench/compare.py $(COMPARE_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
