@@ -11,7 +11,6 @@ import base64
 import json
 import os
 import re
-import socket
 import stat
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.e2e.harness import free_port
 from tests.smtp_sink import SmtpSink
 
 # An instance folder is SQLite whatever database the suite runs on: once is enough.
@@ -31,12 +31,6 @@ pytestmark = pytest.mark.sqlite_only
 ROOT = Path(__file__).resolve().parents[2]
 ATTACHMENT = bytes(range(256)) * 4
 BODY_TEXT = "First line\r\n.\r\nA line with only a dot above, and one starting with a dot:\r\n.hidden\r\n"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
