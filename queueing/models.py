@@ -117,6 +117,12 @@ class Message(models.Model):
                 condition=Q(status__in=["queued", "deferred"]),
                 name="message_due_by_time",
             ),
+            # Waiting messages with an expiry: beat's expiry pass reads only these, every second.
+            models.Index(
+                fields=["expires_at"],
+                condition=Q(status__in=["queued", "deferred", "held"], expires_at__isnull=False),
+                name="message_expiring",
+            ),
             # Expired leases of crashed workers.
             models.Index(fields=["lease_until"], condition=Q(status="sending"), name="message_leased"),
             models.Index(fields=["tenant", "status", "id"], name="message_tenant_status"),

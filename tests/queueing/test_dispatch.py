@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
 import pytest
@@ -89,3 +90,41 @@ def test_send_task_goes_to_the_queue_of_the_best_priority(tenant: Tenant) -> Non
     assert (broker.llen("immediate"), broker.llen("low"), broker.llen("medium")) == (1, 1, 0)
     assert {fast.pk, slow.pk} == set(dispatch.due_accounts())
     broker.flushdb()
+
+
+@pytest.mark.postgres
+def test_the_claim_walks_the_accounts_index_whatever_its_backlog(tenant: Tenant, account: SmtpAccount) -> None:
+    """With 200,000 messages due on one account, a claim of 50 reads its index in order and
+    stops: it neither scans nor sorts the backlog (it did with the suspended-batch anti-join)."""
+    from django.db import connection
+
+    from tenants.models import SuspendedBatch
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """INSERT INTO queueing_message (tenant_id, account_id, external_id, status, priority, batch_code,
+                   from_addr, "to", cc, bcc, reply_to, return_path, subject, body, content_type, body_text,
+                   body_html, headers, attachments, raw_eml, message_id, created_at, updated_at, next_attempt_at,
+                   attempts, last_error, refused, possible_duplicate, deferred_reason)
+               SELECT %s, %s, 'bulk-' || n, 'queued', 2, '', 'a@example.com', '["b@example.com"]', '[]', '[]',
+                   '', '', 's', 'b', 'plain', '', '', '{}', '[]', '', '<' || n || '@example.com>',
+                   now(), now(), now() - interval '1 minute', 0, '', '[]', false, ''
+               FROM generate_series(1, 200000) AS n""",
+            [tenant.pk, account.pk],
+        )
+        cursor.execute("ANALYZE queueing_message")
+    for batches in ([], ["spring"]):
+        SuspendedBatch.objects.filter(tenant=tenant).delete()
+        for code in batches:
+            SuspendedBatch.objects.create(tenant=tenant, batch_code=code)
+        query = lifecycle.due_messages(account_pk=account.pk, suspended_batches=batches).values_list("id")[:50]
+        sql, params = query.query.sql_with_params()
+        with connection.cursor() as cursor:
+            cursor.execute(f"EXPLAIN {sql}", params)
+            plan = "\n".join(row[0] for row in cursor.fetchall())
+        assert "message_due_by_account" in plan, plan
+        assert "Sort" not in plan, plan
+        assert "Seq Scan on queueing_message" not in plan, plan
+        started = time.monotonic()
+        claim = lifecycle.claim_due(account=account, limit=50, lease_seconds=60)
+        assert len(claim.message_ids) == 50
+        assert time.monotonic() - started < 1.0  # milliseconds in fact; a sort of the backlog took seconds
