@@ -125,6 +125,14 @@ def test_the_claim_walks_the_accounts_index_whatever_its_backlog(tenant: Tenant,
         assert "Sort" not in plan, plan
         assert "Seq Scan on queueing_message" not in plan, plan
         started = time.monotonic()
+        assert dispatch.due_accounts() == {account.pk: 2}  # beat's sweep: one probe of the index
+        assert time.monotonic() - started < 1.0
+        sql, params = dispatch.due_accounts_query().query.sql_with_params()
+        with connection.cursor() as cursor:
+            cursor.execute(f"EXPLAIN {sql}", params)
+            sweep = "\n".join(row[0] for row in cursor.fetchall())
+        assert "Seq Scan on queueing_message" not in sweep, sweep  # it grouped every due row before
+        started = time.monotonic()
         claim = lifecycle.claim_due(account=account, limit=50, lease_seconds=60)
         assert len(claim.message_ids) == 50
         assert time.monotonic() - started < 1.0  # milliseconds in fact; a sort of the backlog took seconds
