@@ -10,7 +10,7 @@ from typing import TypedDict
 
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection
-from django.db.models import F
+from django.db.models import F, Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -20,7 +20,7 @@ from delivery.largefiles import LargeFileError, apply_policy
 from delivery.mime import Envelope, build_envelope
 from mailproxy import metrics
 from queueing import dispatch, lifecycle
-from queueing.models import Message
+from queueing.models import Message, Status
 from queueing.ratelimit import Bucket, Decision, LimiterUnavailable, buckets_for, get_limiter
 from tenants.models import LimitBehavior, SmtpAccount
 
@@ -38,22 +38,53 @@ class SendSummary:
     released: int = 0
 
 
-def _back_off(account: SmtpAccount, error: str) -> datetime:
+def _back_off(account: SmtpAccount, error: str, *, probing: bool) -> datetime:
     """Pause the whole account after a failed connection: 5 s, doubling up to 5 min.
 
     Shared by every worker through the account row, so an outage costs one probe per
-    step however many workers and messages wait.
+    step however many workers and messages wait. Workers that failed at the same moment
+    as another (the outage's first seconds) find the account already paused and keep
+    that pause: the step doubles once per probe, not once per worker.
     """
     now = timezone.now()
     step = settings.GMP_BACKOFF_MIN_SECONDS if not account.backoff_seconds else min(
         account.backoff_seconds * 2, settings.GMP_BACKOFF_MAX_SECONDS)
     paused_until = now + timedelta(seconds=step)
-    SmtpAccount.objects.filter(pk=account.pk).update(
-        paused_until=paused_until, backoff_seconds=step, unreachable_since=Coalesce(F("unreachable_since"), now),
-    )
+    rows = SmtpAccount.objects.filter(pk=account.pk)
+    if not probing:
+        rows = rows.filter(Q(paused_until__isnull=True) | Q(paused_until__lte=now))
+    if not rows.update(paused_until=paused_until, backoff_seconds=step,
+                       unreachable_since=Coalesce(F("unreachable_since"), now)):
+        current = SmtpAccount.objects.filter(pk=account.pk).values_list("paused_until", flat=True).first()
+        return current or paused_until
     logger.warning("smtp unreachable account=%s tenant=%s retry_in=%ss error=%s", account.external_id,
                    account.tenant_id, step, error)
     return paused_until
+
+
+# A probe holds the account for its connection timeout plus this margin; if its worker
+# dies meanwhile, the next worker probes when the hold ends.
+PROBE_MARGIN_SECONDS = 5
+
+
+def _take_probe(account: SmtpAccount) -> datetime | None:
+    """During an outage, let one worker of the fleet try the server; None when this one may.
+
+    Otherwise the time until which another worker's probe (or the next backoff step) holds
+    the account. Outside an outage every worker connects as it needs to.
+    """
+    if not account.backoff_seconds:
+        return None
+    now = timezone.now()
+    hold = now + timedelta(seconds=account.timeout + PROBE_MARGIN_SECONDS)
+    if SmtpAccount.objects.filter(pk=account.pk, backoff_seconds__gt=0).filter(
+            Q(paused_until__isnull=True) | Q(paused_until__lte=now)).update(paused_until=hold):
+        return None
+    paused_until, backoff = SmtpAccount.objects.filter(pk=account.pk).values_list(
+        "paused_until", "backoff_seconds").get()
+    if not backoff:  # another worker reached the server meanwhile
+        return None
+    return paused_until or hold
 
 
 def _auth_refused(account: SmtpAccount, error: str) -> datetime:
@@ -68,7 +99,15 @@ def _auth_refused(account: SmtpAccount, error: str) -> datetime:
 
 def _reachable_again(account: SmtpAccount) -> None:
     if account.unreachable_since or account.backoff_seconds or account.paused_until:
+        now = timezone.now()
         SmtpAccount.objects.filter(pk=account.pk).update(unreachable_since=None, backoff_seconds=0, paused_until=None)
+        # Messages other workers gave back while this probe held the account are due now,
+        # not when the hold would have ended.
+        Message.objects.filter(
+            account_id=account.pk, status__in=(Status.QUEUED, Status.DEFERRED), deferred_reason="unreachable",
+            next_attempt_at__gt=now,
+            next_attempt_at__lte=now + timedelta(seconds=account.timeout + PROBE_MARGIN_SECONDS),
+        ).update(next_attempt_at=now)
         logger.info("smtp reachable again account=%s tenant=%s", account.external_id, account.tenant_id)
 
 
@@ -175,10 +214,16 @@ def _send_due(account_pk: int) -> SendSummary:
                 summary.failed += 1
                 continue
             if pooled is None:
+                held_until = _take_probe(account)
+                if held_until is not None:
+                    summary.released += lifecycle.release(claim=claim, message_ids=rest, next_attempt_at=held_until,
+                                                          reason="unreachable")
+                    break
                 try:
                     pooled = smtp.pool.acquire(account)
                 except smtp.Unreachable as exc:
-                    _handle_unreachable(account, claim, messages[index:], str(exc), summary)
+                    _handle_unreachable(account, claim, messages[index:], str(exc), summary,
+                                        probing=bool(account.backoff_seconds))
                     break
                 except smtp.AuthRefused as exc:
                     until = _auth_refused(account, str(exc))
@@ -265,8 +310,8 @@ def _restamp(account: SmtpAccount, buckets: list[Bucket], token: Decision | None
 
 
 def _handle_unreachable(account: SmtpAccount, claim: lifecycle.Claim, waiting: list[Message], error: str,
-                        summary: SendSummary) -> None:
-    until = _back_off(account, error)
+                        summary: SendSummary, *, probing: bool) -> None:
+    until = _back_off(account, error, probing=probing)
     refreshed = SmtpAccount.objects.only("unreachable_since").get(pk=account.pk)
     since = refreshed.unreachable_since or timezone.now()
     failed = lifecycle.fail_unreachable_too_long(claim=claim, messages=waiting, since=since)

@@ -278,6 +278,61 @@ def test_unreachable_server_backs_off_the_account_without_using_attempts(
     assert (smtp_account.unreachable_since, smtp_account.backoff_seconds) == (None, 0)
 
 
+def test_during_an_outage_one_worker_at_a_time_probes_the_server(
+    tenant: Tenant, smtp_account: SmtpAccount, smtp_server: SmtpSink
+) -> None:
+    SmtpAccount.objects.filter(pk=smtp_account.pk).update(backoff_seconds=5, paused_until=timezone.now(),
+                                                          unreachable_since=timezone.now())
+    smtp_account.refresh_from_db()
+    assert services._take_probe(smtp_account) is None  # this worker probes
+    held_until = services._take_probe(smtp_account)  # a second worker meanwhile: held
+    assert held_until is not None
+    assert held_until - timezone.now() > timedelta(seconds=smtp_account.timeout)
+    # A worker that failed at the same moment keeps the pause it finds: no doubling per worker.
+    assert services._back_off(smtp_account, "refused", probing=False) == held_until
+    assert SmtpAccount.objects.get(pk=smtp_account.pk).backoff_seconds == 5
+    assert services._back_off(smtp_account, "refused", probing=True) > held_until
+    assert SmtpAccount.objects.get(pk=smtp_account.pk).backoff_seconds == 10
+
+
+def test_outside_an_outage_every_worker_connects(tenant: Tenant, smtp_account: SmtpAccount) -> None:
+    assert services._take_probe(smtp_account) is None
+    assert services._take_probe(smtp_account) is None
+    assert SmtpAccount.objects.get(pk=smtp_account.pk).paused_until is None
+
+
+def test_a_batch_claimed_while_another_worker_probes_waits_for_the_probe(
+    tenant: Tenant, smtp_account: SmtpAccount, smtp_server: SmtpSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    enqueue(tenant, message(id="a"), message(id="b"))
+    SmtpAccount.objects.filter(pk=smtp_account.pk).update(backoff_seconds=5, paused_until=timezone.now(),
+                                                          unreachable_since=timezone.now())
+    claim_due = services.lifecycle.claim_due
+    probes: list[object] = []
+
+    def claim_then_other_worker_probes(**kwargs: Any) -> Any:
+        claim = claim_due(**kwargs)
+        probes.append(services._take_probe(SmtpAccount.objects.get(pk=smtp_account.pk)))
+        return claim
+
+    monkeypatch.setattr(services.lifecycle, "claim_due", claim_then_other_worker_probes)
+    summary = send(smtp_account)
+    assert probes == [None]  # the other worker got the probe
+    assert (summary.claimed, summary.sent, summary.released) == (2, 0, 2)
+    assert smtp_server.connections == 0  # this worker did not try the server
+    held = SmtpAccount.objects.get(pk=smtp_account.pk).paused_until
+    assert [(m.status, m.attempts, m.next_attempt_at) for m in Message.objects.order_by("id")] == [
+        (Status.DEFERRED, 0, held)] * 2
+
+    # The probe reaches the server: what waited for it is due at once, not when the hold ends.
+    monkeypatch.setattr(services.lifecycle, "claim_due", claim_due)
+    smtp_account.refresh_from_db()
+    services._reachable_again(smtp_account)
+    assert all(m.next_attempt_at <= timezone.now() for m in Message.objects.all())
+    assert send(smtp_account).sent == 2
+    assert len(smtp_server.wait_for(2)) == 2
+
+
 def test_unreachable_beyond_the_queue_lifetime_fails(
     tenant: Tenant, smtp_account: SmtpAccount, smtp_server: SmtpSink
 ) -> None:

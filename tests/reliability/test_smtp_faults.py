@@ -106,9 +106,11 @@ def test_account_backoff_does_not_grow_with_the_number_of_workers(
     print(f"\n{line}")
     record(line)
     # 200 messages wait 20 s: without a shared backoff that is hundreds of attempts, and
-    # with a backoff per process four times those of one worker.
+    # with a backoff per process four times those of one worker. With one probe at a time
+    # for the fleet, four workers add at most one attempt each in the outage's first
+    # moment (before any of them has recorded it), then probe as one.
     assert one <= 15
-    assert four <= 3 * one
+    assert four <= one + 3
 
 
 def test_5xx_at_each_stage_is_reported_and_not_retried(make_stack: Callable[..., Stack],
