@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import email.quoprimime
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ PROXY_ID_HEADERS = ("X-Mail-Proxy-ID", "X-Genro-Mail-ID")
 # Header fields of a given eml that the proxy writes itself (Bcc never goes out).
 _EML_REPLACED = frozenset({b"bcc", b"message-id", b"x-mail-proxy-id", b"x-genro-mail-id"})
 _LINE_END = re.compile(rb"\r\n|\r|\n")
+_BARE_ADDRESS = re.compile(r"[^\s<>()\[\]\\,;:\"@]+@[^\s<>()\[\]\\,;:\"@]+")
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,8 @@ def envelope_sender(message: Message) -> str:
 
 def addr_spec(address: str) -> str:
     """The bare `local@domain` of `Name <local@domain>`."""
+    if _BARE_ADDRESS.fullmatch(address):
+        return address  # already bare: nothing to parse
     parsed = getaddresses([address])
     return parsed[0][1] if parsed and parsed[0][1] else address
 
@@ -97,6 +102,74 @@ def _header_line(name: str, value: str) -> bytes:
     return mail.as_bytes(policy=SMTP).split(b"\r\n\r\n", 1)[0]
 
 
+# Setting a header through EmailMessage parses the value with the header registry, and
+# writing the message parses some of them again (about 0.5 ms of a 1 KB message's 1 ms).
+# A value that is short, printable ASCII comes out of the registry unchanged, so a message
+# of such headers and one text part is written directly, in the bytes the email package
+# would write (tests/delivery/test_mime.py compares the two). Anything else — non-ASCII
+# text to encode, a value to fold, a second Subject, HTML with a text alternative,
+# attachments — is built by the email package.
+_PLAIN_MAX = 78
+
+
+@functools.lru_cache(maxsize=512)
+def _max_count(name: str) -> int | None:
+    return SMTP.header_max_count(name)
+
+
+def _plain(name: str, value: str) -> bool:
+    return value.isascii() and value.isprintable() and len(name) + 2 + len(value) <= _PLAIN_MAX
+
+
+def _headers(message: Message) -> list[tuple[str, str]]:
+    headers = [("From", message.from_addr)]
+    if message.to:
+        headers.append(("To", ", ".join(message.to)))
+    if message.cc:
+        headers.append(("Cc", ", ".join(message.cc)))
+    if message.reply_to:
+        headers.append(("Reply-To", message.reply_to))
+    headers += [("Subject", message.subject), ("Date", format_datetime(timezone.now())),
+                ("Message-ID", message.message_id)]
+    headers += [(name, str(message.pk)) for name in PROXY_ID_HEADERS]
+    headers += list(message.headers.items())
+    return headers
+
+
+def _all_plain(headers: list[tuple[str, str]]) -> bool:
+    unique: set[str] = set()
+    for name, value in headers:
+        if not _plain(name, value):
+            return False
+        if _max_count(name.lower()) is not None:
+            if name.lower() in unique:
+                return False  # the email package refuses it: let it say so
+            unique.add(name.lower())
+    return True
+
+
+def _single_text(message: Message, attachments: Sequence[Attachment],
+                 links: Sequence[Link]) -> tuple[str, str] | None:
+    """(text, subtype) of a message that is one text part; None for multipart ones."""
+    if attachments:
+        return None
+    if message.body_text or message.body_html:
+        return None if message.body_html else (_with_text_links(message.body_text or "", links), "plain")
+    if message.content_type == ContentType.HTML:
+        return _with_html_links(message.body or "", links), "html"
+    return _with_text_links(message.body or "", links), "plain"
+
+
+def _plain_message(headers: list[tuple[str, str]], text: str, subtype: str) -> bytes:
+    """What EmailMessage + `set_content(text, subtype, cte="quoted-printable")` gives as SMTP bytes."""
+    lines = text.encode("utf-8").splitlines()  # the content manager's split and join
+    body = email.quoprimime.body_encode((b"\n".join(lines) + b"\n").decode("latin-1"), SMTP.max_line_length)
+    head = "".join(f"{name}: {value}\r\n" for name, value in headers)
+    return (f'{head}Content-Type: text/{subtype}; charset="utf-8"\r\n'
+            "Content-Transfer-Encoding: quoted-printable\r\nMIME-Version: 1.0\r\n\r\n"
+            + body.replace("\n", "\r\n")).encode("ascii")
+
+
 def build_envelope(message: Message, *, recipients: list[str] | None = None,
                    attachments: Sequence[Attachment] = (), links: Sequence[Link] = ()) -> Envelope:
     """The bytes to send and the SMTP envelope: Bcc only in the envelope, never in a header.
@@ -106,20 +179,12 @@ def build_envelope(message: Message, *, recipients: list[str] | None = None,
     """
     if message.raw_eml:
         return _envelope(message, recipients, _eml_data(message))
+    headers = _headers(message)
+    single = _single_text(message, attachments, links)
+    if single is not None and _all_plain(headers):
+        return _envelope(message, recipients, _plain_message(headers, *single))
     mail = EmailMessage()
-    mail["From"] = message.from_addr
-    if message.to:
-        mail["To"] = ", ".join(message.to)
-    if message.cc:
-        mail["Cc"] = ", ".join(message.cc)
-    if message.reply_to:
-        mail["Reply-To"] = message.reply_to
-    mail["Subject"] = message.subject
-    mail["Date"] = format_datetime(timezone.now())
-    mail["Message-ID"] = message.message_id
-    for name in PROXY_ID_HEADERS:
-        mail[name] = str(message.pk)
-    for name, value in message.headers.items():
+    for name, value in headers:
         mail[name] = value
 
     if message.body_text or message.body_html:
