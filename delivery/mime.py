@@ -109,7 +109,7 @@ def _header_line(name: str, value: str) -> bytes:
 # would write (tests/delivery/test_mime.py compares the two). Anything else — non-ASCII
 # text to encode, a value to fold, a second Subject, HTML with a text alternative,
 # attachments — is built by the email package.
-_PLAIN_MAX = 78
+_PLAIN_MAX = 78  # the email policies' max_line_length
 
 
 @functools.lru_cache(maxsize=512)
@@ -163,7 +163,7 @@ def _single_text(message: Message, attachments: Sequence[Attachment],
 def _plain_message(headers: list[tuple[str, str]], text: str, subtype: str) -> bytes:
     """What EmailMessage + `set_content(text, subtype, cte="quoted-printable")` gives as SMTP bytes."""
     lines = text.encode("utf-8").splitlines()  # the content manager's split and join
-    body = email.quoprimime.body_encode((b"\n".join(lines) + b"\n").decode("latin-1"), SMTP.max_line_length)
+    body = email.quoprimime.body_encode((b"\n".join(lines) + b"\n").decode("latin-1"), _PLAIN_MAX)
     head = "".join(f"{name}: {value}\r\n" for name, value in headers)
     return (f'{head}Content-Type: text/{subtype}; charset="utf-8"\r\n'
             "Content-Transfer-Encoding: quoted-printable\r\nMIME-Version: 1.0\r\n\r\n"
