@@ -23,11 +23,12 @@ Then, in this process with Django, the cost of one dispatch claim (`queueing.lif
 and of beat's sweep with 10,000 and 1,000,000 rows waiting (bench/compare_claim.py).
 
 This product runs as in production: gunicorn (2 workers x 2 threads), 2 Celery worker processes
-(-c 1 each) and beat, on a fresh PostgreSQL database `--database` (created, migrated, dropped at
-the end) and Redis db `--redis-db` (flushed at start and end; no other db is touched). The seed
-runs in its own virtualenv, bench/.seed-venv (created on first use from PyPI, with the `sql`,
-`storage` and `tools` packages its wheel lacks taken from the same version's sdist), on its default
-embedded SQLite storage, one uvicorn process (bench/seed_server.py).
+(`--concurrency` pool processes each, default 2) and beat, on a fresh PostgreSQL database
+`--database` (created, migrated, dropped at the end) and Redis db `--redis-db` (flushed at start and
+end; no other db is touched). The seed runs in its own virtualenv, bench/.seed-venv (created on
+first use from PyPI, with the `sql`, `storage` and `tools` packages its wheel lacks taken from the
+same version's sdist), on its default embedded SQLite storage, one uvicorn process
+(bench/seed_server.py).
 
     .venv/bin/python bench/compare.py [-n 5000] [--seed-n N] [--single 300] [--keep]
 
@@ -265,9 +266,10 @@ class ThisProduct(Product):
     key = "mail-proxy"
     title = "this product"
 
-    def __init__(self, work: Path, *, server_url: str, database: str, redis_url: str) -> None:
+    def __init__(self, work: Path, *, server_url: str, database: str, redis_url: str, concurrency: int) -> None:
         super().__init__(work)
         self.server_url = server_url
+        self.concurrency = concurrency
         self.database = database
         self.db_url = f"{server_url}/{database}"
         self.redis_url = redis_url
@@ -310,8 +312,9 @@ class ThisProduct(Product):
         self.spawn("web", [sys.executable, "-m", "gunicorn", "mailproxy.wsgi:application", "--bind",
                            f"127.0.0.1:{port}", "--workers", "2", "--threads", "2"], self.env, ROOT)
         for i in (1, 2):
-            self.spawn(f"worker{i}", [*celery, "worker", "-l", "WARNING", "-c", "1", "-n", f"w{i}@%h",
-                                      "--without-gossip", "--without-mingle", "--without-heartbeat"], self.env, ROOT)
+            self.spawn(f"worker{i}", [*celery, "worker", "-l", "WARNING", "-c", str(self.concurrency),
+                                      "-n", f"w{i}@%h", "--without-gossip", "--without-mingle",
+                                      "--without-heartbeat"], self.env, ROOT)
         self.spawn("beat", [*celery, "beat", "-l", "WARNING", "-s", str(self.work / "beat-schedule")], self.env, ROOT)
         wait(lambda: requests.get(f"{self.base}/health", timeout=1).status_code == 200, "web /health", 60,
              self.procs)
@@ -322,7 +325,7 @@ class ThisProduct(Product):
         self.notes["postgresql"] = str(row[0]).split(" on ")[0] if row else "?"
         server: dict[str, Any] = redis.Redis.from_url(self.redis_url).info("server")  # type: ignore[assignment]
         self.notes["redis"] = server.get("redis_version")
-        self.notes["processes"] = "gunicorn 2 workers x 2 threads, 2 Celery workers -c 1, beat"
+        self.notes["processes"] = f"gunicorn 2 workers x 2 threads, 2 Celery workers -c {self.concurrency}, beat"
 
     def _workers_answer(self, names: list[str]) -> bool:
         result = subprocess.run([sys.executable, "-m", "celery", "-A", "mailproxy", "inspect", "ping", "-j", "-t",
@@ -772,6 +775,8 @@ def main() -> int:
                         help="background layouts of the claim measurement (see bench/compare_claim.py)")
     parser.add_argument("--claim-due", type=int, default=1000, help="due messages of the claiming account")
     parser.add_argument("--claim-repeats", type=int, default=15, help="claims timed per stage (default 15)")
+    parser.add_argument("--concurrency", type=int, default=2,
+                        help="pool processes of each of this product's 2 Celery workers (default 2)")
     parser.add_argument("--skip-seed", action="store_true", help="this product only")
     parser.add_argument("--skip-claims", action="store_true", help="no claim measurement")
     parser.add_argument("--database", default="mp_bench_compare", help="PostgreSQL database to create and drop")
@@ -800,7 +805,8 @@ def main() -> int:
     load, sampler = MachineLoad(), TreeSampler()
     sink = SmtpSink().start()
     sampler.start()
-    ours = ThisProduct(work, server_url=server_url, database=args.database, redis_url=redis_url)
+    ours = ThisProduct(work, server_url=server_url, database=args.database, redis_url=redis_url,
+                       concurrency=args.concurrency)
     seed = SeedProduct(work, venv=SEED_VENV)
     results: dict[str, Any] = {
         "started": datetime.now(UTC).isoformat(timespec="seconds"), "arguments": vars(args) | {"json": str(args.json)},

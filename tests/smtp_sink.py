@@ -185,6 +185,15 @@ class _Handler:
         self.sink = sink
         self.script = sink._script
 
+    async def handle_EHLO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
+        # aiosmtpd reads commands one line at a time, so pipelined ones are answered in order.
+        session.host_name = hostname
+        if self.sink.pipelining:
+            responses.insert(-1, "250-PIPELINING")
+        return responses
+
     async def _stall_or_drop(self, server: SMTP, stage: str) -> None:
         if rule := self.script.take("hang", stage):
             await asyncio.sleep(rule.seconds)
@@ -259,13 +268,15 @@ class SmtpSink:
 
     ``port=0`` (the default) picks a free port at the first ``start()``; later starts of the same
     instance reuse it, and ``SmtpSink(port=p)`` binds a given port (e.g. that of a stopped sink).
-    The ledger and counters survive ``stop()``/``start()``.
+    The ledger and counters survive ``stop()``/``start()``. ``pipelining=False`` leaves PIPELINING
+    out of the EHLO answer, so clients talk one command at a time.
     """
 
     host = "127.0.0.1"
 
-    def __init__(self, port: int = 0) -> None:
+    def __init__(self, port: int = 0, *, pipelining: bool = True) -> None:
         self.port = port
+        self.pipelining = pipelining  # advertise PIPELINING (RFC 2920), as most servers do
         self._script = _Script()
         self._lock = threading.Condition()
         self._messages: list[Received] = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -42,6 +43,20 @@ def row(external_id: str) -> Message:
 def events(external_id: str) -> list[str]:
     return list(MessageEvent.objects.filter(external_id=external_id).order_by("id")
                 .values_list("event_type", flat=True))
+
+
+@pytest.fixture(params=[True, False], ids=["pipelining", "one-command-at-a-time"])
+def smtp_server(request: pytest.FixtureRequest) -> Iterator[SmtpSink]:
+    """Every test here against a server that offers PIPELINING and one that does not."""
+    with SmtpSink(pipelining=request.param) as sink:
+        yield sink
+
+
+@pytest.fixture(autouse=True)
+def _own_attachment_cache(tmp_path: Any) -> Iterator[None]:
+    # Each test fetches for itself: a document cached by an earlier test is not fetched again.
+    with override_settings(GMP_CACHE_DIR=str(tmp_path / "attachment-cache")):
+        yield
 
 
 @pytest.fixture(autouse=True)
@@ -686,3 +701,52 @@ def test_rewritten_attachment_link_works_then_expires(
     assert b"".join(download.streaming_content) == content
     StoredFile.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
     assert api_client.get(path).status_code == 404
+
+
+class _CountedWrites:
+    """The client socket, counting the writes that reach the server (one per round trip)."""
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self.writes = 0
+
+    def sendall(self, data: bytes) -> None:
+        self.writes += 1
+        self._sock.sendall(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+def test_with_pipelining_a_message_takes_two_writes_whatever_its_recipients(
+    tenant: Tenant, smtp_account: SmtpAccount, smtp_server: SmtpSink
+) -> None:
+    recipients = ["a@example.com", "b@example.com", "c@example.com"]
+    enqueue(tenant, message(id="m", to=recipients[:1], cc=recipients[1:]))
+    pooled = smtp.pool.acquire(smtp_account)
+    counted = _CountedWrites(pooled.client.sock)
+    pooled.client.sock = counted
+    smtp.pool.release(smtp_account, pooled)
+    assert send(smtp_account).sent == 1
+    assert sorted(smtp_server.wait_for(1)[0].rcpt_tos) == recipients
+    # MAIL + 3 RCPT + DATA in one write, then the data; one at a time: 5 commands, then the data.
+    assert counted.writes == (2 if smtp_server.pipelining else 6)
+
+
+def test_refusals_in_a_pipelined_session_leave_the_connection_usable(
+    tenant: Tenant, smtp_account: SmtpAccount, smtp_server: SmtpSink
+) -> None:
+    smtp_server.on_mail(550, "5.7.1 sender refused", times=1)
+    smtp_server.on_rcpt("gone@example.com", 550, "5.1.1 unknown", times=1)
+    smtp_server.on_data(554, "5.6.0 content refused", times=1)
+    enqueue(tenant, message(id="mail-refused"), message(id="nobody", to=["gone@example.com"]),
+            message(id="data-refused"), message(id="fine"))
+    summary = send(smtp_account)
+    assert (summary.sent, summary.failed) == (1, 3)
+    assert [m.subject for m in smtp_server.messages] == ["Hello"]
+    assert [row(i).status for i in ("mail-refused", "nobody", "data-refused", "fine")] == [
+        Status.ERROR, Status.ERROR, Status.ERROR, Status.SENT]
+    assert row("mail-refused").last_error == "550 5.7.1 sender refused"
+    assert row("nobody").last_error == "every recipient refused: 550 5.1.1 unknown"
+    assert row("data-refused").last_error == "554 5.6.0 content refused"
+    assert smtp_server.connections == 1  # every reply read in order: the session stayed in step
