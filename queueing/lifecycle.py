@@ -309,17 +309,26 @@ def expire_overdue() -> int:
 def reclaim_expired_leases() -> int:
     """Give back messages whose worker died holding them (its lease ran out).
 
-    The worker may have handed the message to the server before dying, so it is
-    flagged `possible_duplicate`; its Message-ID is unchanged, so a copy is recognisable.
+    A worker sends its claim one message at a time, in (priority, id) order, recording
+    each outcome before the next: of a dead claim, only the first message still held may
+    have reached the server. That one is flagged `possible_duplicate` (its Message-ID is
+    unchanged, so a copy is recognisable); the ones after it were never tried.
     """
     with transaction.atomic():
-        ids = list(Message.objects.select_for_update(skip_locked=True)
-                   .filter(status=Status.SENDING, lease_until__lt=Now()).values_list("id", flat=True)[:1000])
-        if not ids:
+        rows = list(Message.objects.select_for_update(skip_locked=True)
+                    .filter(status=Status.SENDING, lease_until__lt=Now()).values_list("id", "lease_token")[:1000])
+        if not rows:
             return 0
-        Message.objects.filter(pk__in=ids).update(
-            status=Status.QUEUED, lease_token=None, lease_until=None, possible_duplicate=True,
-            next_attempt_at=Now(), updated_at=timezone.now(),
-        )
+        ids = [pk for pk, _ in rows]
+        in_flight = {pk for pk, token in rows if token is None}  # no claim to tell by: assume the worst
+        for token in {token for _, token in rows if token is not None}:
+            first = (Message.objects.filter(lease_token=token, status=Status.SENDING).order_by("priority", "id")
+                     .values_list("id", flat=True).first())
+            if first is not None:
+                in_flight.add(first)
+        back = {"status": Status.QUEUED, "lease_token": None, "lease_until": None, "next_attempt_at": Now(),
+                "updated_at": timezone.now()}
+        Message.objects.filter(pk__in=[pk for pk in ids if pk in in_flight]).update(possible_duplicate=True, **back)
+        Message.objects.filter(pk__in=[pk for pk in ids if pk not in in_flight]).update(**back)
     logger.warning("reclaimed messages of a lost worker count=%d", len(ids))
     return len(ids)

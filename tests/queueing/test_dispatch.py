@@ -136,3 +136,21 @@ def test_the_claim_walks_the_accounts_index_whatever_its_backlog(tenant: Tenant,
         claim = lifecycle.claim_due(account=account, limit=50, lease_seconds=60)
         assert len(claim.message_ids) == 50
         assert time.monotonic() - started < 1.0  # milliseconds in fact; a sort of the backlog took seconds
+
+
+def test_a_dead_claim_flags_only_the_message_its_worker_may_have_been_sending(
+        tenant: Tenant, account: SmtpAccount) -> None:
+    enqueue_messages(scope=tenant, payloads=[message(id=f"m{i}") for i in range(4)]
+                     + [message(id="urgent", priority=0)])
+    claim = lifecycle.claim_due(account=account, limit=10, lease_seconds=60)
+    assert len(claim.message_ids) == 5
+    sent_first = lifecycle.claimed_messages(claim)[0]
+    assert sent_first.external_id == "urgent"  # sending goes by priority, then age
+    assert lifecycle.record_sent(claim=claim, message=sent_first, refused=[])
+    # The worker dies while it talks to the server about m0; m1-m3 were never tried.
+    Message.objects.filter(lease_token=claim.token).update(lease_until=timezone.now() - timedelta(seconds=1))
+    assert lifecycle.reclaim_expired_leases() == 4
+    assert dict(Message.objects.values_list("external_id", "possible_duplicate")) == {
+        "urgent": False, "m0": True, "m1": False, "m2": False, "m3": False}
+    assert set(Message.objects.values_list("external_id", "status")) == {
+        ("urgent", "sent"), ("m0", "queued"), ("m1", "queued"), ("m2", "queued"), ("m3", "queued")}

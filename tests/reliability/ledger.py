@@ -149,6 +149,7 @@ class Tally:
     lost: int
     dup: int
     unflagged: int
+    flagged: int  # messages marked possible_duplicate, duplicated or not
     unknown: int  # copies whose Message-ID no message row has
     lost_ids: list[str]
     dup_ids: list[str]
@@ -183,6 +184,7 @@ def tally(*, accepted: Collection[tuple[str, str]], rows: list[MessageRow], rece
     return Tally(
         accepted=len(accepted), sent=sent, copies=sum(copies.values()), lost=len(lost_ids),
         dup=sum(copies[row.message_id] - 1 for row in rows if copies[row.message_id] > 1),
-        unflagged=len(unflagged_ids), unknown=sum(n for mid, n in copies.items() if mid not in known),
+        unflagged=len(unflagged_ids), flagged=sum(1 for row in rows if row.possible_duplicate),
+        unknown=sum(n for mid, n in copies.items() if mid not in known),
         lost_ids=lost_ids, dup_ids=dup_ids, unflagged_ids=unflagged_ids,
     )
