@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TypedDict
@@ -173,6 +175,9 @@ def _send_due(account_pk: int) -> SendSummary:
     buckets = buckets_for(account, account.tenant)
     deadline = time.monotonic() + settings.GMP_BATCH_SECONDS
     pooled: smtp._Pooled | None = None
+    # The last sent message's token, dated at its arrival together with the next
+    # acquisition (one Redis round trip per message), or alone when the batch ends.
+    unstamped: Decision | None = None
     try:
         for index, message in enumerate(messages):
             rest = [m.pk for m in messages[index:]]
@@ -188,7 +193,8 @@ def _send_due(account_pk: int) -> SendSummary:
                     continue
             token: Decision | None = None
             if buckets:
-                verdict, token = _take_token(account, buckets, message, claim, rest, summary)
+                verdict, token = _take_token(account, buckets, message, claim, rest, summary, unstamped)
+                unstamped = None
                 if verdict == "stop":
                     break
                 if verdict == "skip":
@@ -240,12 +246,15 @@ def _send_due(account_pk: int) -> SendSummary:
                 summary.released += lifecycle.release(claim=claim, message_ids=rest, next_attempt_at=until,
                                                       reason="auth", error=str(exc))
                 break
-            _restamp(account, buckets, token)
+            unstamped = token
             if outcome.broken:
                 smtp.pool.release(account, pooled, broken=True)
                 pooled = None
-            _record_durably(account, claim, message, outcome, summary)
+            if _record_durably(account, claim, message, outcome, summary,
+                               before_waiting=functools.partial(_restamp, account, buckets, token)):
+                unstamped = None  # dated before the wait
     finally:
+        _restamp(account, buckets, unstamped)
         if pooled is not None:
             smtp.pool.release(account, pooled)
     if summary.sent or summary.failed or summary.deferred:
@@ -275,10 +284,13 @@ def _prepare(account: SmtpAccount, message: Message) -> Envelope:
 
 
 def _take_token(account: SmtpAccount, buckets: list[Bucket], message: Message, claim: lifecycle.Claim,
-                rest: list[int], summary: SendSummary) -> tuple[str, Decision | None]:
-    """"go" with a token taken, "skip" when the message failed, "stop" when the batch waits."""
+                rest: list[int], summary: SendSummary, unstamped: Decision | None) -> tuple[str, Decision | None]:
+    """"go" with a token taken, "skip" when the message failed, "stop" when the batch waits.
+
+    `unstamped`: the previous message's token, dated at its arrival in the same call.
+    """
     try:
-        decision = get_limiter().acquire(buckets, member=f"{message.pk}:{message.attempts}")
+        decision = get_limiter().acquire(buckets, member=f"{message.pk}:{message.attempts}", restamp=unstamped)
     except LimiterUnavailable as exc:
         # Without the shared counters no worker may decide alone: wait, drop nothing.
         logger.warning("rate limiter unavailable account=%s error=%s", account.external_id, exc)
@@ -300,7 +312,11 @@ def _take_token(account: SmtpAccount, buckets: list[Bucket], message: Message, c
 
 
 def _restamp(account: SmtpAccount, buckets: list[Bucket], token: Decision | None) -> None:
-    """The token's time becomes the message's arrival at the server (see the limiters' restamp)."""
+    """The token's time becomes the message's arrival at the server (see the limiters' restamp).
+
+    Safe to do a few milliseconds late (after the outcome's write): a token dated early
+    could only let another worker overshoot once it is a whole window old.
+    """
     if token is None:
         return
     try:
@@ -322,23 +338,28 @@ def _handle_unreachable(account: SmtpAccount, claim: lifecycle.Claim, waiting: l
 
 
 def _record_durably(account: SmtpAccount, claim: lifecycle.Claim, message: Message, outcome: smtp.Outcome,
-                    summary: SendSummary) -> None:
+                    summary: SendSummary, *, before_waiting: Callable[[], None]) -> bool:
     """Write the outcome of a transaction that happened, waiting out a database outage.
 
     The server has the message: if this write were given up, the lease would expire and
     the message would be sent again. The write is conditional on the claim's token, so a
     retry after a commit whose answer was lost changes nothing, and one after a reclaim
-    is refused (the reclaim flagged the message as a possible duplicate).
+    is refused (the reclaim flagged the message as a possible duplicate). Whether it
+    waited: `before_waiting` ran first.
     """
     deadline = time.monotonic() + RECORD_RETRY_SECONDS
     pause = 0.2
+    waited = False
     while True:
         try:
             _record(account, claim, message, outcome, summary)
-            return
+            return waited
         except (OperationalError, InterfaceError) as exc:
             if time.monotonic() + pause > deadline:
                 raise
+            if not waited:
+                before_waiting()
+                waited = True
             logger.warning("database unavailable while recording message=%s tenant=%s: %s; retrying",
                            message.pk, message.tenant_id, type(exc).__name__)
             connection.close()  # the next attempt opens a fresh connection

@@ -12,6 +12,7 @@ import logging
 import os
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import redis
 from django.conf import settings
@@ -237,10 +238,12 @@ class RedisLimiter:
         except _UNAVAILABLE_ERRORS as exc:
             raise LimiterUnavailable(f"rate-limit store unreachable: {exc}") from exc
 
-    def acquire(self, buckets: list[Bucket], *, member: str) -> Decision:
+    def acquire(self, buckets: list[Bucket], *, member: str, restamp: Decision | None = None) -> Decision:
         """Take one token from every bucket or from none.
 
         Refused: `retry_at` is when every bucket has a token again, on Redis's clock.
+        `restamp`: an earlier grant of the same buckets, dated at now first, in the same
+        round trip (a worker's previous message, see `restamp`).
         Raises `LimiterUnavailable` when Redis cannot be reached.
         """
         if not buckets:
@@ -251,8 +254,11 @@ class RedisLimiter:
             args += [bucket.limit, bucket.window]
         try:
             client, script = self._connect()
-            for _ in range(1 + MAX_SEED_ROUNDS):
-                reply = script(keys=keys, args=args)
+            for round_ in range(1 + MAX_SEED_ROUNDS):
+                if round_ == 0 and restamp is not None and isinstance(restamp.token, str):
+                    reply = self._restamp_then_acquire(client, script, buckets, restamp.token, keys, args)
+                else:
+                    reply = script(keys=keys, args=args)
                 if reply[0] == 1:
                     return Decision(allowed=True, retry_at=None, token=str(reply[1]))
                 if reply[0] == 0:
@@ -261,6 +267,30 @@ class RedisLimiter:
         except _UNAVAILABLE_ERRORS as exc:
             raise LimiterUnavailable(f"rate-limit store unreachable: {exc}") from exc
         raise LimiterUnavailable("rate-limit store lost its data again while being refilled")
+
+    def _restamp_then_acquire(self, client: redis.Redis, script: Script, buckets: list[Bucket], token: str,
+                              keys: list[str], args: list[str | int]) -> Any:
+        # Plain EVALSHA in a pipeline: redis-py's pipelined Script would ask SCRIPT EXISTS
+        # first, a round trip of its own. A script Redis does not hold (first use, or after
+        # a restart) is run again alone through its Script object, which loads it; the
+        # other command's answer stands (an acquisition is never run twice).
+        restamp_keys = [_log_key(b) for b in buckets]
+        restamp_args: list[str | int] = [token, *(b.window for b in buckets)]
+        restamper = self._restamp
+        if restamper is None:  # _connect always sets it
+            return script(keys=keys, args=args)
+        pipe = client.pipeline(transaction=False)
+        pipe.evalsha(restamper.sha, len(restamp_keys), *restamp_keys, *map(str, restamp_args))
+        pipe.evalsha(script.sha, len(keys), *keys, *map(str, args))
+        restamped, reply = pipe.execute(raise_on_error=False)
+        for answer in (restamped, reply):
+            if isinstance(answer, Exception) and not isinstance(answer, redis.exceptions.NoScriptError):
+                raise answer
+        if isinstance(restamped, redis.exceptions.NoScriptError):
+            restamper(keys=restamp_keys, args=restamp_args)
+        if isinstance(reply, redis.exceptions.NoScriptError):
+            reply = script(keys=keys, args=args)
+        return reply
 
     def _seed(self, client: redis.Redis, buckets: list[Bucket]) -> None:
         """Refill buckets from the sends recorded in the database, then mark them seeded.
@@ -306,13 +336,15 @@ class SqlLimiter:
     data, so nothing is ever refilled; `member` is not stored.
     """
 
-    def acquire(self, buckets: list[Bucket], *, member: str) -> Decision:
+    def acquire(self, buckets: list[Bucket], *, member: str, restamp: Decision | None = None) -> Decision:
         """Take one token from every bucket or from none, in one transaction.
 
         Refused: `retry_at` is when every bucket has a token again, on the application clock.
         """
         if not buckets:
             return ALLOWED
+        if restamp is not None:
+            self.restamp(buckets, restamp)
         # One lock order for every caller (keys sorted) so two acquisitions never deadlock.
         ordered = sorted(buckets, key=lambda b: b.key)
         with transaction.atomic():

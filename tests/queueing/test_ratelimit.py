@@ -139,6 +139,33 @@ def test_a_token_restamped_at_arrival_comes_back_one_window_after_the_arrival(
     assert limiter.acquire([bucket], member="next").allowed
 
 
+def test_the_previous_token_is_restamped_with_the_next_acquisition(limiter: RedisLimiter | SqlLimiter) -> None:
+    """One call per message: the last message's token is dated at its arrival, then the next is taken."""
+    bucket = Bucket(key="acct:1:3", limit=2, window=3)
+    first = limiter.acquire([bucket], member="first")
+    time.sleep(1.0)  # its SMTP conversation
+    arrived = time.time()
+    second = limiter.acquire([bucket], member="second", restamp=first)  # a fresh process: scripts get loaded
+    assert second.allowed
+    sleep_until(arrived + 2.4)  # past first's grant + window, before its arrival + window
+    refused = limiter.acquire([bucket], member="third")
+    assert not refused.allowed  # two tokens in the window: the restamp was done, the acquisition once
+    assert refused.retry_at == pytest.approx(arrived + 3, abs=0.2)
+
+
+def test_the_combined_call_survives_redis_forgetting_its_scripts(
+    redis_limiter: RedisLimiter, store: redis.Redis
+) -> None:
+    bucket = Bucket(key="acct:1:60", limit=3, window=60)
+    first = redis_limiter.acquire([bucket], member="a")
+    second = redis_limiter.acquire([bucket], member="b", restamp=first)
+    store.script_flush()  # as after a restart
+    third = redis_limiter.acquire([bucket], member="c", restamp=second)
+    assert [first.allowed, second.allowed, third.allowed] == [True, True, True]
+    assert store.zcard("gmp:rl:acct:1:60") == 3  # each acquisition counted once
+    assert not redis_limiter.acquire([bucket], member="d", restamp=third).allowed
+
+
 def test_retry_at_with_two_full_buckets_is_the_later_return(limiter: RedisLimiter | SqlLimiter) -> None:
     long_window = Bucket(key="tenant:acme:30", limit=1, window=30)
     short_window = Bucket(key="acct:1:10", limit=1, window=10)
