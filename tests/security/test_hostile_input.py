@@ -295,3 +295,17 @@ def test_an_out_of_range_integer_is_a_400(raw_client: APIClient, account: SmtpAc
         response = raw_client.put(path, {field: 2**63}, format="json")
     body = assert_error(response, 400)
     assert field in body["details"]
+
+
+@pytest.mark.parametrize("tenant_id", ["acme\x00", "ac\ud800me", "acme\n", "../acme", "x" * 65])
+def test_the_admin_naming_a_tenant_no_tenant_can_have_gets_a_rejection(
+    raw_client_for: Any, account: SmtpAccount, tenant_id: str
+) -> None:
+    raw = json.dumps({"messages": [message(id="m", tenant_id=tenant_id)]}).encode()  # \ud800 stays escaped
+    response = _post_raw(raw_client_for(None), "/commands/add-messages", raw)
+    assert response.status_code == 200, response.content[:300]
+    body = response.json()
+    assert body["queued"] == 0
+    assert [(r["field"], r["reason"].startswith("tenant_id: ")) for r in body["rejected"]] == [
+        ("messages[0].tenant_id", True)], body
+    _nothing_stored()
