@@ -23,12 +23,12 @@ Then, in this process with Django, the cost of one dispatch claim (`queueing.lif
 and of beat's sweep with 10,000 and 1,000,000 rows waiting (bench/compare_claim.py).
 
 This product runs as in production: gunicorn (2 workers x 2 threads), 2 Celery worker processes
-(`--concurrency` pool processes each, default 2) and beat, on a fresh PostgreSQL database
-`--database` (created, migrated, dropped at the end) and Redis db `--redis-db` (flushed at start and
-end; no other db is touched). The seed runs in its own virtualenv, bench/.seed-venv (created on
-first use from PyPI, with the `sql`, `storage` and `tools` packages its wheel lacks taken from the
-same version's sdist), on its default embedded SQLite storage, one uvicorn process
-(bench/seed_server.py).
+(`--concurrency` pool processes each, default 4 as in docker-compose.yml) and beat, on a fresh
+PostgreSQL database `--database` (created, migrated, dropped at the end) and Redis db `--redis-db`
+(flushed at start and end; no other db is touched). The seed runs in its own virtualenv,
+bench/.seed-venv (created on first use from PyPI, with the `sql`, `storage` and `tools` packages its
+wheel lacks taken from the same version's sdist), on its default embedded SQLite storage, one
+uvicorn process (bench/seed_server.py).
 
     .venv/bin/python bench/compare.py [-n 5000] [--seed-n N] [--single 300] [--keep]
 
@@ -775,8 +775,9 @@ def main() -> int:
                         help="background layouts of the claim measurement (see bench/compare_claim.py)")
     parser.add_argument("--claim-due", type=int, default=1000, help="due messages of the claiming account")
     parser.add_argument("--claim-repeats", type=int, default=15, help="claims timed per stage (default 15)")
-    parser.add_argument("--concurrency", type=int, default=2,
-                        help="pool processes of each of this product's 2 Celery workers (default 2)")
+    parser.add_argument("--concurrency", type=int, default=4,
+                        help="pool processes of each of this product's 2 Celery workers (default 4, as "
+                             "docker-compose.yml runs them)")
     parser.add_argument("--skip-seed", action="store_true", help="this product only")
     parser.add_argument("--skip-claims", action="store_true", help="no claim measurement")
     parser.add_argument("--database", default="mp_bench_compare", help="PostgreSQL database to create and drop")

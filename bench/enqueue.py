@@ -174,6 +174,7 @@ def main() -> int:
         "MAIL_PROXY_ENCRYPTION_KEY": base64.b64encode(os.urandom(32)).decode(),
         "DJANGO_SECRET_KEY": secrets.token_urlsafe(50)[:50],
         "GMP_DATA_DIR": data_dir.name,
+        "GMP_API_RATE": "off",  # the per-token API throttle would cap the sequential requests
     }
     log_path = Path(data_dir.name) / "gunicorn.log"
     server: subprocess.Popen[bytes] | None = None

@@ -423,6 +423,7 @@ def main() -> int:
         "DJANGO_SECRET_KEY": secrets.token_urlsafe(50)[:50], "GMP_DATA_DIR": str(work),
         "DJANGO_SETTINGS_MODULE": "mailproxy.settings", "PYTHONUNBUFFERED": "1",
         "GMP_ALLOWED_HOSTS": "127.0.0.1",  # the tenant application below listens on loopback
+        "GMP_API_RATE": "off",  # the per-token API throttle would cap the enqueue requests
     }
     celery = [sys.executable, "-m", "celery", "-A", "mailproxy"]
     web_port = free_port()
