@@ -150,8 +150,11 @@ def _transact(client: smtplib.SMTP, envelope: Envelope) -> Outcome:
         else:
             code, text = client.mail(envelope.mail_from, options)
         if code >= 400:
-            if pipelined and code != 421:
-                _drain(client, len(envelope.recipients) + 1)  # the RCPT and DATA refusals that follow
+            # The RCPT and DATA refusals that follow are read first; a server that hangs up
+            # meanwhile changes nothing of the answer to MAIL.
+            if pipelined and (code == 421 or not _drain(client, len(envelope.recipients) + 1)):
+                client.close()
+                return _classify(code, text, broken=True)
             _reset(client)
             return _classify(code, text)
         accepted: list[str] = []
@@ -206,9 +209,15 @@ def _send_group(client: smtplib.SMTP, envelope: Envelope, options: list[str]) ->
     client.send("".join(f"{line}\r\n" for line in lines).encode("utf-8" if envelope.smtputf8 else "ascii"))
 
 
-def _drain(client: smtplib.SMTP, count: int) -> None:
-    for _ in range(count):
-        client.getreply()
+def _drain(client: smtplib.SMTP, count: int) -> bool:
+    """Read `count` replies; False when the server closed the connection first."""
+    try:
+        for _ in range(count):
+            if client.getreply()[0] == 421:
+                return False
+    except (smtplib.SMTPServerDisconnected, OSError):
+        return False
+    return True
 
 
 def _reset(client: smtplib.SMTP) -> None:

@@ -189,6 +189,11 @@ def _log_key(bucket: Bucket) -> str:
     return f"gmp:rl:{bucket.key}"
 
 
+def _restamp_call(buckets: list[Bucket], token: str) -> tuple[list[str], list[str | int]]:
+    """KEYS and ARGV of RESTAMP_LUA for one token."""
+    return [_log_key(b) for b in buckets], [token, *(b.window for b in buckets)]
+
+
 def _marker_key(bucket: Bucket) -> str:
     return f"gmp:rl:seeded:{bucket.key}"
 
@@ -234,7 +239,7 @@ class RedisLimiter:
             self._connect()
             if self._restamp is None:  # _connect always sets it
                 return
-            self._restamp(keys=[_log_key(b) for b in buckets], args=[decision.token, *(b.window for b in buckets)])
+            self._restamp(*_restamp_call(buckets, decision.token))
         except _UNAVAILABLE_ERRORS as exc:
             raise LimiterUnavailable(f"rate-limit store unreachable: {exc}") from exc
 
@@ -274,8 +279,7 @@ class RedisLimiter:
         # first, a round trip of its own. A script Redis does not hold (first use, or after
         # a restart) is run again alone through its Script object, which loads it; the
         # other command's answer stands (an acquisition is never run twice).
-        restamp_keys = [_log_key(b) for b in buckets]
-        restamp_args: list[str | int] = [token, *(b.window for b in buckets)]
+        restamp_keys, restamp_args = _restamp_call(buckets, token)
         restamper = self._restamp
         if restamper is None:  # _connect always sets it
             return script(keys=keys, args=args)
